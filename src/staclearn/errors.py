@@ -1,0 +1,75 @@
+"""Errors raised by staclearn.
+
+Every error derives from :class:`StaclearnError`, and each leaf also inherits the built-in
+exception that matches it (as torchgeo's ``DatasetNotFoundError(FileNotFoundError)``), so
+``except FileNotFoundError`` keeps working for callers that do not know staclearn.
+Messages name the Item, asset or file involved and say how to fix the problem.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "StaclearnError",
+    "CatalogNotFoundError",
+    "NoItemsFoundError",
+    "AssetNotFoundError",
+    "BandMismatchError",
+    "GeoBoxMismatchError",
+    "NoOverlapError",
+    "LabelError",
+    "ModelCardError",
+    "UnsafeWeightsError",
+    "ValidationError",
+    "ConfigError",
+]
+
+
+class StaclearnError(Exception):
+    """Base class of every error staclearn raises."""
+
+
+class CatalogNotFoundError(StaclearnError, FileNotFoundError):
+    """A STAC catalog, ItemCollection file or API URL could not be opened."""
+
+
+class NoItemsFoundError(StaclearnError, LookupError):
+    """A search or catalog walk returned no Items (empty result, bbox or datetime that misses)."""
+
+
+class AssetNotFoundError(StaclearnError, KeyError):
+    """An Item has no asset with the requested key, or the asset's file cannot be read."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class BandMismatchError(StaclearnError, ValueError):
+    """The bands of a cube do not match what a model or another date expects."""
+
+
+class GeoBoxMismatchError(StaclearnError, ValueError):
+    """Two rasters that must share a GeoBox (CRS, transform, shape) do not."""
+
+
+class NoOverlapError(StaclearnError, ValueError):
+    """Two footprints (imagery and labels, bbox and Items, before and after) do not overlap."""
+
+
+class LabelError(StaclearnError, ValueError):
+    """Labels cannot be used: missing class field, unknown class value, no labelled pixel."""
+
+
+class ModelCardError(StaclearnError, ValueError):
+    """An MLM model-card Item lacks what is needed to rebuild the model."""
+
+
+class UnsafeWeightsError(StaclearnError, ValueError):
+    """Model weights in a format that could execute code on load (e.g. a pickle) were refused."""
+
+
+class ValidationError(StaclearnError, ValueError):
+    """A STAC object does not validate against its core or extension JSON schemas."""
+
+
+class ConfigError(StaclearnError, ValueError):
+    """An argument value is out of range or inconsistent with another one."""
