@@ -1,0 +1,376 @@
+"""Training chips: the chip grid, a spatially blocked train/validation split, GeoTIFF export.
+
+Chips are square windows of ``tile_size`` pixels taken every ``stride`` pixels over the cube;
+the last row and column of chips are snapped to the raster edge so every pixel is covered.
+Each chip is written as two GeoTIFFs (image, label) with its own geotransform, and an index
+(GeoParquet) records each chip's GeoBox (CRS, transform, shape), its split and its labelled
+fraction.
+
+The split is by **blocks** (Roberts et al. 2017, "Cross-validation strategies for data with
+temporal, spatial, hierarchical, or phylogenetic structure"): the scene is cut into square
+blocks, whole blocks go to validation, and each chip keeps only the labels of blocks of its
+own split, so no labelled pixel is seen by both sides even when chips overlap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from odc.geo.geobox import GeoBox
+from rasterio.windows import Window
+
+from staclearn.cube import valid_mask
+from staclearn.errors import ConfigError, LabelError
+from staclearn.labels import IGNORE_INDEX
+
+__all__ = [
+    "chip_windows",
+    "block_split",
+    "export_chips",
+    "ChipDataset",
+    "band_statistics",
+    "TRAIN",
+    "VALID",
+]
+
+TRAIN = 0
+VALID = 1
+
+
+def _starts(size: int, tile: int, stride: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile + 1, stride))
+    if starts[-1] != size - tile:
+        starts.append(size - tile)
+    return starts
+
+
+def chip_windows(shape: tuple[int, int], tile_size: int, stride: int | None = None) -> list[Window]:
+    """Windows of a chip grid that covers every pixel.
+
+    Args:
+        shape: raster ``(height, width)`` in pixels.
+        tile_size: chip edge in pixels.
+        stride: step between chips in pixels (default ``tile_size``: no overlap); the last
+            row/column is moved back to end on the raster edge. A raster smaller than a chip
+            gives one window clipped to the raster.
+
+    Returns:
+        rasterio Windows, row-major.
+
+    Raises:
+        ConfigError: ``tile_size`` or ``stride`` < 1.
+    """
+    stride = stride or tile_size
+    if tile_size < 1 or stride < 1:
+        raise ConfigError(f"tile_size and stride must be >= 1 pixel, got {tile_size}, {stride}")
+    h, w = shape
+    return [
+        Window(c, r, min(tile_size, w), min(tile_size, h))
+        for r in _starts(h, tile_size, stride)
+        for c in _starts(w, tile_size, stride)
+    ]
+
+
+def block_split(
+    labels: np.ndarray,
+    *,
+    block_size: int,
+    valid_fraction: float = 0.3,
+    seed: int = 0,
+    ignore_index: int = IGNORE_INDEX,
+    tries: int = 500,
+) -> np.ndarray:
+    """Assign square blocks of the scene to train or validation.
+
+    Among ``tries`` seeded random block assignments, keeps the one that first maximises the
+    number of classes present on both sides, then brings the validation share of labelled
+    pixels closest to ``valid_fraction``.
+
+    Args:
+        labels: ``(H, W)`` uint8 class indices, ``ignore_index`` where unlabelled.
+        block_size: block edge in pixels (e.g. 64 px x 28.5 m = 1.8 km).
+        valid_fraction: target share of labelled pixels in validation blocks, in (0, 1).
+        seed: random seed.
+        ignore_index: unlabelled index.
+        tries: number of random assignments examined.
+
+    Returns:
+        ``(H, W)`` uint8: :data:`TRAIN` (0) or :data:`VALID` (1) per pixel, constant per block.
+
+    Raises:
+        ConfigError: bad ``block_size`` / ``valid_fraction``, or fewer than two blocks hold labels.
+        LabelError: no labelled pixel.
+    """
+    if block_size < 1 or not 0 < valid_fraction < 1:
+        raise ConfigError(f"block_size must be >= 1 and 0 < valid_fraction < 1, got {block_size}, {valid_fraction}")
+    h, w = labels.shape
+    nby, nbx = -(-h // block_size), -(-w // block_size)
+    labelled = labels != ignore_index
+    total = int(labelled.sum())
+    if total == 0:
+        raise LabelError("No labelled pixel: cannot split train/validation blocks.")
+    classes = np.unique(labels[labelled])
+    # per-block class histogram
+    hist = np.zeros((nby * nbx, len(classes)), dtype=np.int64)
+    by, bx = np.nonzero(labelled)
+    block_id = (by // block_size) * nbx + (bx // block_size)
+    cls_pos = np.searchsorted(classes, labels[by, bx])
+    np.add.at(hist, (block_id, cls_pos), 1)
+    occupied = np.nonzero(hist.sum(1))[0]
+    if len(occupied) < 2:
+        raise ConfigError(
+            f"Only {len(occupied)} block of {block_size} px holds labels: use a smaller block_size."
+        )
+    rng = np.random.default_rng(seed)
+    best_key, best_valid = None, None
+    for _ in range(tries):
+        order = rng.permutation(occupied)
+        valid_blocks = []
+        count = 0
+        for b in order:
+            if count >= valid_fraction * total:
+                break
+            valid_blocks.append(b)
+            count += int(hist[b].sum())
+        if len(valid_blocks) == len(occupied):
+            valid_blocks = valid_blocks[:-1]
+        v = hist[valid_blocks].sum(0)
+        t = hist.sum(0) - v
+        both = int(((v > 0) & (t > 0)).sum())
+        key = (-both, abs(v.sum() / total - valid_fraction))
+        if best_key is None or key < best_key:
+            best_key, best_valid = key, valid_blocks
+    split_blocks = np.zeros(nby * nbx, dtype=np.uint8)
+    split_blocks[np.asarray(best_valid, dtype=np.int64)] = VALID
+    grid = split_blocks.reshape(nby, nbx)
+    return np.repeat(np.repeat(grid, block_size, 0), block_size, 1)[:h, :w]
+
+
+@dataclass(frozen=True)
+class _ChipPaths:
+    image: Path
+    label: Path
+
+
+def _write_tif(path: Path, data: np.ndarray, geobox: GeoBox, nodata: float | int | None) -> None:
+    import rasterio
+
+    tmp = path.with_name(path.name + ".tmp")
+    with rasterio.open(
+        tmp,
+        "w",
+        driver="GTiff",
+        height=data.shape[-2],
+        width=data.shape[-1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=geobox.crs.to_wkt(),
+        transform=geobox.affine,
+        nodata=nodata,
+        compress="deflate",
+    ) as dst:
+        dst.write(data)
+    os.replace(tmp, path)
+
+
+def export_chips(
+    image: np.ndarray,
+    labels: np.ndarray,
+    split: np.ndarray,
+    geobox: GeoBox,
+    out_dir: str | os.PathLike[str],
+    *,
+    tile_size: int = 64,
+    stride: int | None = None,
+    min_labelled: float = 0.0,
+    nodata: float | None = None,
+    band_names: Sequence[str] | None = None,
+    ignore_index: int = IGNORE_INDEX,
+):  # -> geopandas.GeoDataFrame
+    """Write image/label chips as GeoTIFFs and a GeoParquet index.
+
+    A chip is kept for a split when the share of its pixels labelled *in that split* is at
+    least ``min_labelled``; a chip that straddles train and validation blocks may be written
+    once per split, each copy keeping only its split's labels.
+
+    Args:
+        image: ``(C, H, W)`` float32 imagery on ``geobox``.
+        labels: ``(H, W)`` uint8 class indices on ``geobox``, ``ignore_index`` if unlabelled.
+        split: ``(H, W)`` uint8 from :func:`block_split`.
+        geobox: GeoBox of ``image`` / ``labels``.
+        out_dir: output folder; chips go to ``out_dir/images`` and ``out_dir/labels``, the
+            index to ``out_dir/chips.parquet``.
+        tile_size: chip edge in pixels.
+        stride: step between chips in pixels (default ``tile_size``).
+        min_labelled: minimum labelled fraction of a chip, in [0, 1]; sparse labels (1 % of
+            pixels) need a low value such as 0.005.
+        nodata: image nodata value, written into the chip GeoTIFFs.
+        band_names: band names written as GeoTIFF band descriptions.
+        ignore_index: label nodata.
+
+    Returns:
+        The index as a GeoDataFrame (geometry = chip bounds in the cube CRS), columns
+        ``chip_id, split, row_off, col_off, height, width, crs, transform, labelled_fraction,
+        image, label`` (paths relative to ``out_dir``).
+
+    Raises:
+        ConfigError: array shapes differ from the GeoBox, or ``min_labelled`` not in [0, 1].
+        LabelError: no chip reaches ``min_labelled``.
+    """
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    if image.shape[-2:] != tuple(geobox.shape.yx) or labels.shape != image.shape[-2:] or split.shape != labels.shape:
+        raise ConfigError(
+            f"image {image.shape}, labels {labels.shape}, split {split.shape} must all be on the "
+            f"GeoBox shape {tuple(geobox.shape.yx)}"
+        )
+    if not 0.0 <= min_labelled <= 1.0:
+        raise ConfigError(f"min_labelled is a fraction in [0, 1], got {min_labelled}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for win in chip_windows(labels.shape, tile_size, stride):
+        sl = win.toslices()
+        lab = labels[sl]
+        for split_id, split_name in ((TRAIN, "train"), (VALID, "valid")):
+            own = np.where(split[sl] == split_id, lab, ignore_index).astype(np.uint8)
+            frac = float((own != ignore_index).mean())
+            if frac == 0.0 or frac < min_labelled:
+                continue
+            chip_id = f"r{win.row_off:05d}_c{win.col_off:05d}_{split_name}"
+            gbox = geobox[sl]
+            paths = _ChipPaths(out / "images" / f"{chip_id}.tif", out / "labels" / f"{chip_id}.tif")
+            _write_tif(paths.image, image[(slice(None), *sl)].astype(np.float32), gbox, nodata)
+            _write_tif(paths.label, own[None], gbox, ignore_index)
+            rows.append(
+                {
+                    "chip_id": chip_id,
+                    "split": split_name,
+                    "row_off": int(win.row_off),
+                    "col_off": int(win.col_off),
+                    "height": int(win.height),
+                    "width": int(win.width),
+                    "crs": geobox.crs.to_wkt(),
+                    "transform": list(gbox.affine)[:6],
+                    "labelled_fraction": frac,
+                    "image": str(paths.image.relative_to(out)),
+                    "label": str(paths.label.relative_to(out)),
+                    "geometry": box(*gbox.boundingbox),
+                }
+            )
+    if not rows:
+        raise LabelError(
+            f"No chip of {tile_size} px reaches min_labelled={min_labelled}; lower min_labelled "
+            "or use larger chips."
+        )
+    index = gpd.GeoDataFrame(rows, geometry="geometry", crs=geobox.crs.to_wkt())
+    index.attrs["band_names"] = list(band_names) if band_names is not None else None
+    tmp = out / "chips.parquet.tmp"
+    index.to_parquet(tmp)
+    os.replace(tmp, out / "chips.parquet")
+    return index
+
+
+def _read_tif(path: Path) -> tuple[np.ndarray, float | None]:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read(), src.nodata
+
+
+class ChipDataset(torch.utils.data.Dataset):
+    """Chips of one split as torch samples.
+
+    Image nodata (and NaN) is replaced by the band mean given in ``fill`` (so it becomes 0
+    after normalisation) and the label there is set to ``ignore_index``.
+
+    Args:
+        index: path of ``chips.parquet`` or the GeoDataFrame returned by :func:`export_chips`
+            (then ``root`` is required).
+        split: ``"train"`` or ``"valid"``.
+        root: folder the index paths are relative to (default: the index's folder).
+        fill: per-band values for nodata pixels, ``(C,)``; default 0.
+
+    Each sample is ``(image, mask)``: ``(C, H, W) float32`` and ``(H, W) int64`` class
+    indices with ``ignore_index`` where unlabelled.
+    """
+
+    def __init__(
+        self,
+        index,
+        split: str,
+        *,
+        root: str | os.PathLike[str] | None = None,
+        fill: Sequence[float] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        import geopandas as gpd
+
+        if isinstance(index, (str, os.PathLike)):
+            root = root or Path(index).parent
+            index = gpd.read_parquet(index)
+        if root is None:
+            raise ConfigError("ChipDataset needs root= when given an index GeoDataFrame")
+        self.root = Path(root)
+        self.index = index[index["split"] == split].reset_index(drop=True)
+        self.fill = None if fill is None else np.asarray(fill, dtype=np.float32)
+        self.ignore_index = ignore_index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.index.iloc[i]
+        img, nodata = _read_tif(self.root / row["image"])
+        lab, _ = _read_tif(self.root / row["label"])
+        ok = valid_mask(img, nodata)
+        fill = self.fill if self.fill is not None else np.zeros(img.shape[0], np.float32)
+        img = np.where(ok[None], img, fill[:, None, None]).astype(np.float32)
+        mask = np.where(ok, lab[0], self.ignore_index).astype(np.int64)
+        return torch.from_numpy(img), torch.from_numpy(mask)
+
+
+def band_statistics(index, split: str = "train", *, root: str | os.PathLike[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation over the valid pixels of a split's chips.
+
+    Used as the model's input normalisation (stored with the model and in the MLM card as
+    ``value_scaling`` ``z_score``). Pixels of overlapping chips count once per chip.
+
+    Args:
+        index: ``chips.parquet`` path or index GeoDataFrame.
+        split: which chips.
+        root: folder of the chip paths when ``index`` is a GeoDataFrame.
+
+    Returns:
+        ``(mean, std)``, each ``(C,) float64`` in the imagery's units (e.g. DN); std is at
+        least 1e-6.
+
+    Raises:
+        LabelError: the split has no chip or no valid pixel.
+    """
+    ds = ChipDataset(index, split, root=root)
+    total = None
+    count = 0
+    sq = None
+    for i in range(len(ds)):
+        row = ds.index.iloc[i]
+        img, nodata = _read_tif(ds.root / row["image"])
+        ok = valid_mask(img, nodata)
+        px = img[:, ok].astype(np.float64)
+        total = px.sum(1) if total is None else total + px.sum(1)
+        sq = (px**2).sum(1) if sq is None else sq + (px**2).sum(1)
+        count += px.shape[1]
+    if total is None or count == 0:
+        raise LabelError(f"No valid pixel in the {split!r} chips: cannot compute band statistics.")
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean**2, 1e-12))
+    return mean, np.maximum(std, 1e-6)

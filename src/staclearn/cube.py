@@ -1,0 +1,236 @@
+"""STAC Items to a lazy xarray cube on one GeoBox.
+
+odc-stac is the default loader (it reads ``proj``/``raster``/``eo`` metadata, builds one
+:class:`odc.geo.geobox.GeoBox` and reprojects every asset onto it); stackstac can be chosen
+with ``engine="stackstac"``. Either way the result has stackstac's fixed dims
+``("time", "band", "y", "x")`` and carries its GeoBox (``cube.odc.geobox``) and nodata value
+(``cube.attrs["nodata"]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pystac
+import xarray as xr
+from odc.geo.geobox import GeoBox
+
+from staclearn.errors import AssetNotFoundError, NoItemsFoundError, NoOverlapError
+
+__all__ = ["load_cube", "band_names", "valid_mask"]
+
+DIMS = ("time", "band", "y", "x")
+
+
+def band_names(items: Iterable[pystac.Item]) -> list[str]:
+    """Band names odc-stac can load from these Items (``eo:bands``/``bands`` names, asset keys).
+
+    Args:
+        items: STAC Items of one collection (or of similar collections).
+
+    Returns:
+        Band names in the order odc-stac reports them; single-band assets are named by their
+        asset key, bands of multi-band assets by their ``name`` (and ``asset.N`` aliases).
+    """
+    import odc.stac
+
+    items = list(items)
+    if not items:
+        return []
+    md = odc.stac.extract_collection_metadata(items[0])
+    names = list(md.bands.keys())
+    out = [f"{k[0]}" if k[1] == 1 and len([b for b in names if b[0] == k[0]]) == 1 else f"{k[0]}.{k[1]}" for k in names]
+    out.extend(a for a in md.aliases if a not in out)
+    return out
+
+
+def load_cube(
+    items: Iterable[pystac.Item],
+    *,
+    bands: Sequence[str] | None = None,
+    crs: str | int | None = None,
+    resolution: float | None = None,
+    bbox: Sequence[float] | None = None,
+    geobox: GeoBox | None = None,
+    chunks: dict[str, int] | None = None,
+    dtype: str | None = "float32",
+    resampling: str = "nearest",
+    engine: Literal["odc", "stackstac"] = "odc",
+) -> xr.DataArray:
+    """Load STAC Items as a lazy cube ``(time, band, y, x)`` on one GeoBox.
+
+    Args:
+        items: STAC Items to load; Items with the same timestamp are mosaicked into one slice.
+        bands: band names to load, in this order (``eo:bands``/``bands`` names such as ``"red"``
+            or ``"b4"``, or asset keys); ``None`` loads every band.
+        crs: output CRS (``"EPSG:32119"``, ``32119``); default: the Items' native CRS.
+        resolution: output pixel size in units of the output CRS (metres for projected CRSs);
+            default: the Items' native resolution.
+        bbox: ``(west, south, east, north)`` in WGS84 degrees to crop to (STAC convention).
+        geobox: an exact output GeoBox (CRS, transform, shape); overrides crs/resolution/bbox.
+            Use it to load a second date or a label raster onto the grid of a first cube.
+        chunks: dask chunk sizes, e.g. ``{"x": 1024, "y": 1024}``; default ``{"x": 2048, "y": 2048}``.
+            The cube is always lazy.
+        dtype: output dtype; ``None`` keeps the asset's.
+        resampling: GDAL resampling name used when the output grid differs from an asset's
+            (``"nearest"``, ``"bilinear"``, ``"average"``...). Use ``"nearest"`` for labels.
+        engine: ``"odc"`` (odc-stac, default) or ``"stackstac"``.
+
+    Returns:
+        ``(time, band, y, x)`` DataArray (dask-backed) with a ``band`` coordinate, its GeoBox
+        available as ``cube.odc.geobox``, and ``attrs["nodata"]`` (the band nodata value, or
+        NaN when none is declared; missing pixels are filled with it).
+
+    Raises:
+        NoItemsFoundError: ``items`` is empty.
+        AssetNotFoundError: a requested band is not in the Items (message lists the bands
+            there are).
+        NoOverlapError: the bbox or GeoBox does not intersect the Items.
+    """
+    items = list(items)
+    if not items:
+        raise NoItemsFoundError("load_cube() got no STAC Items; check the search returned some.")
+    chunks = chunks or {"x": 2048, "y": 2048}
+    if engine == "odc":
+        return _load_odc(items, bands, crs, resolution, bbox, geobox, chunks, dtype, resampling)
+    if engine == "stackstac":
+        return _load_stackstac(items, bands, crs, resolution, bbox, geobox, chunks, dtype, resampling)
+    raise ValueError(f"engine must be 'odc' or 'stackstac', got {engine!r}")
+
+
+def _check_bands(items: list[pystac.Item], bands: Sequence[str] | None) -> None:
+    if bands is None:
+        return
+    available = band_names(items)
+    missing = [b for b in bands if b not in available]
+    if missing:
+        raise AssetNotFoundError(
+            f"Band(s) {missing} not found in Item {items[0].id!r}; it has {available}. "
+            "Pass bands by their eo:bands name or asset key."
+        )
+
+
+def _check_overlap(items: list[pystac.Item], bbox: Sequence[float] | None) -> None:
+    if bbox is None:
+        return
+    for item in items:
+        b = item.bbox
+        if b is not None and not (b[0] > bbox[2] or b[2] < bbox[0] or b[1] > bbox[3] or b[3] < bbox[1]):
+            return
+    raise NoOverlapError(
+        f"bbox {list(bbox)} (west, south, east, north, degrees) misses every Item "
+        f"({[i.id for i in items]}, first bbox {items[0].bbox}). Pass a bbox inside the Items."
+    )
+
+
+def _load_odc(
+    items: list[pystac.Item],
+    bands: Sequence[str] | None,
+    crs: str | int | None,
+    resolution: float | None,
+    bbox: Sequence[float] | None,
+    geobox: GeoBox | None,
+    chunks: dict[str, int],
+    dtype: str | None,
+    resampling: str,
+) -> xr.DataArray:
+    import odc.stac
+
+    _check_bands(items, bands)
+    _check_overlap(items, bbox)
+    kw: dict[str, Any] = {}
+    if geobox is not None:
+        kw["geobox"] = geobox
+    else:
+        if crs is not None:
+            kw["crs"] = f"EPSG:{crs}" if isinstance(crs, int) else crs
+        if resolution is not None:
+            kw["resolution"] = resolution
+        if bbox is not None:
+            kw["bbox"] = tuple(bbox)
+    ds = odc.stac.load(
+        items,
+        bands=list(bands) if bands is not None else None,
+        chunks=chunks,
+        dtype=dtype,
+        resampling=resampling,
+        **kw,
+    )
+    names = list(ds.data_vars)
+    nodata = ds[names[0]].attrs.get("nodata")
+    arr = ds.to_array("band").transpose(*DIMS)
+    arr = arr.assign_coords(band=names)
+    arr.attrs = {"nodata": float(nodata) if nodata is not None else float("nan")}
+    arr.name = "cube"
+    if arr.sizes["y"] == 0 or arr.sizes["x"] == 0:
+        raise NoOverlapError(f"The requested area holds no pixel of Items {[i.id for i in items]}.")
+    return arr
+
+
+def _load_stackstac(
+    items: list[pystac.Item],
+    bands: Sequence[str] | None,
+    crs: str | int | None,
+    resolution: float | None,
+    bbox: Sequence[float] | None,
+    geobox: GeoBox | None,
+    chunks: dict[str, int],
+    dtype: str | None,
+    resampling: str,
+) -> xr.DataArray:
+    import stackstac
+    from odc.geo.xr import assign_crs
+    from rasterio.enums import Resampling
+
+    _check_overlap(items, bbox)
+    kw: dict[str, Any] = {}
+    if geobox is not None:
+        kw["epsg"] = geobox.crs.epsg
+        kw["resolution"] = abs(geobox.resolution.x)
+        kw["bounds"] = tuple(geobox.boundingbox)
+    else:
+        if crs is not None:
+            kw["epsg"] = int(str(crs).split(":")[-1])
+        if resolution is not None:
+            kw["resolution"] = resolution
+        if bbox is not None:
+            kw["bounds_latlon"] = tuple(bbox)
+    try:
+        arr = stackstac.stack(
+            items,
+            assets=list(bands) if bands is not None else None,
+            chunksize=max(chunks.values()),
+            dtype=np.dtype(dtype or "float64"),
+            resampling=Resampling[resampling],
+            xy_coords="center",
+            **kw,
+        )
+    except KeyError as err:
+        raise AssetNotFoundError(
+            f"Asset {err} not found in Items {[i.id for i in items]}; stackstac loads one band per "
+            "asset, so pass asset keys as bands (or use engine='odc' for multi-band assets)."
+        ) from err
+    epsg = int(arr.coords["epsg"].values) if "epsg" in arr.coords else kw.get("epsg")
+    arr = arr.drop_vars([c for c in arr.coords if c not in DIMS])
+    arr = assign_crs(arr, f"EPSG:{epsg}")
+    arr.attrs = {"nodata": float("nan")}
+    arr.name = "cube"
+    return arr
+
+
+def valid_mask(image: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Pixels where every band holds data.
+
+    Args:
+        image: ``(C, H, W)`` or ``(B, C, H, W)`` array.
+        nodata: the nodata value; NaN is always treated as nodata.
+
+    Returns:
+        ``(H, W)`` / ``(B, H, W)`` bool, True where no band is nodata or NaN.
+    """
+    bad = np.isnan(image)
+    if nodata is not None and not np.isnan(nodata):
+        bad |= image == nodata
+    return ~bad.any(axis=-3)

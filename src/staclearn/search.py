@@ -1,0 +1,261 @@
+"""Find STAC Items: static catalogs, ItemCollection files and STAC APIs.
+
+One entry point, :func:`open_items`, turns any of the places Items live into a
+:class:`pystac.ItemCollection`, filtered by bbox, datetime and collections the same way a
+STAC API ``/search`` does, and passed through an optional ``modifier`` (the pystac-client
+hook, e.g. ``planetary_computer.sign_inplace``) so asset hrefs can be signed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime as _dt
+from datetime import timezone
+from pathlib import Path
+from typing import Any
+
+import pystac
+from pystac.utils import str_to_datetime
+
+from staclearn.errors import CatalogNotFoundError, NoItemsFoundError
+
+__all__ = ["open_items", "item_time_range"]
+
+Modifier = Callable[[Any], Any]
+BBox = tuple[float, float, float, float]
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def _read_json(source: str) -> dict[str, Any]:
+    if _is_url(source):
+        return pystac.StacIO.default().read_json(source)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CatalogNotFoundError(
+            f"STAC source {source!r} does not exist. Pass the path of a catalog.json, "
+            "collection.json or ItemCollection (.json/.geojson) file, or the URL of a STAC API."
+        )
+    try:
+        with path.open(encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise CatalogNotFoundError(
+            f"{source!r} is not JSON ({err}); expected a STAC catalog, collection, Item or "
+            "ItemCollection file."
+        ) from err
+
+
+def _parse_datetime_range(datetime: str | None) -> tuple[_dt | None, _dt | None]:
+    if datetime is None:
+        return None, None
+    parts = datetime.split("/") if "/" in datetime else [datetime, datetime]
+    if len(parts) != 2:
+        raise ValueError(f"datetime {datetime!r} is not 'start/end' or a single RFC 3339 instant")
+
+    def parse(s: str, end: bool) -> _dt | None:
+        if s in ("", ".."):
+            return None
+        if len(s) == 10:  # a bare date covers the whole day
+            s = s + ("T23:59:59.999999Z" if end else "T00:00:00Z")
+        d = str_to_datetime(s)
+        return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+    return parse(parts[0], False), parse(parts[1], True)
+
+
+def item_time_range(item: pystac.Item) -> tuple[_dt, _dt]:
+    """Start and end of an Item's acquisition (``start_datetime``/``end_datetime`` or ``datetime``).
+
+    Args:
+        item: a STAC Item.
+
+    Returns:
+        ``(start, end)`` timezone-aware datetimes; equal when the Item has a single ``datetime``.
+
+    Raises:
+        NoItemsFoundError: the Item has neither ``datetime`` nor a start/end range
+            (invalid per the STAC spec).
+    """
+    common = item.common_metadata
+    start = common.start_datetime or item.datetime
+    end = common.end_datetime or item.datetime
+    if start is None or end is None:
+        raise NoItemsFoundError(f"Item {item.id!r} has no datetime nor start/end_datetime")
+    return start, end
+
+
+def _matches(
+    item: pystac.Item,
+    bbox: BBox | None,
+    time_range: tuple[_dt | None, _dt | None],
+    collections: Sequence[str] | None,
+    ids: Sequence[str] | None,
+) -> bool:
+    if collections is not None and item.collection_id not in collections:
+        return False
+    if ids is not None and item.id not in ids:
+        return False
+    if bbox is not None:
+        if item.bbox is None:
+            return False
+        ib = item.bbox
+        if ib[0] > bbox[2] or ib[2] < bbox[0] or ib[1] > bbox[3] or ib[3] < bbox[1]:
+            return False
+    start, end = time_range
+    if start is not None or end is not None:
+        istart, iend = item_time_range(item)
+        if start is not None and iend < start:
+            return False
+        if end is not None and istart > end:
+            return False
+    return True
+
+
+def _describe(
+    source: str,
+    bbox: BBox | None,
+    datetime: str | None,
+    collections: Sequence[str] | None,
+    ids: Sequence[str] | None,
+) -> str:
+    filters = [
+        f"{k}={v!r}"
+        for k, v in (("bbox", bbox), ("datetime", datetime), ("collections", collections), ("ids", ids))
+        if v is not None
+    ]
+    return f"{source!r}" + (f" with {', '.join(filters)}" if filters else "")
+
+
+def open_items(
+    source: str | os.PathLike[str] | pystac.Catalog | pystac.ItemCollection | Iterable[pystac.Item],
+    *,
+    bbox: Sequence[float] | None = None,
+    datetime: str | None = None,
+    collections: Sequence[str] | str | None = None,
+    ids: Sequence[str] | None = None,
+    max_items: int | None = None,
+    modifier: Modifier | None = None,
+) -> pystac.ItemCollection:
+    """Open STAC Items from a static catalog, an ItemCollection file or a STAC API.
+
+    What ``source`` is decides how Items are found:
+
+    * a ``catalog.json`` / ``collection.json`` path or URL: every Item below it (pystac walk);
+    * an ItemCollection (``"type": "FeatureCollection"``) or single Item JSON file;
+    * an ``http(s)`` URL that is not a ``.json`` file: a STAC API root, searched with
+      pystac-client (``/search`` with bbox, datetime, collections, ids);
+    * an already open :class:`pystac.Catalog`, :class:`pystac.ItemCollection` or Items.
+
+    Static sources are filtered locally with the same semantics as the STAC API Item Search
+    (bbox intersects the Item bbox; datetime interval intersects the Item's time range).
+
+    Args:
+        source: where the Items are (see above).
+        bbox: ``(west, south, east, north)`` in WGS84 degrees (EPSG:4326), as in STAC.
+        datetime: RFC 3339 instant or interval ``"start/end"``; ``".."`` for an open end;
+            bare dates (``2021-06-01``) cover the whole day.
+        collections: keep only Items of these collection ids.
+        ids: keep only Items with these ids.
+        max_items: stop after this many Items.
+        modifier: called on every Item (in place) before it is returned, e.g.
+            ``planetary_computer.sign_inplace`` to sign asset hrefs (pystac-client's hook).
+
+    Returns:
+        The matching Items, in catalog / API order.
+
+    Raises:
+        CatalogNotFoundError: the path does not exist, is not JSON, or the API cannot be opened.
+        NoItemsFoundError: nothing matched; the message lists the filters to relax.
+    """
+    if isinstance(collections, str):
+        collections = [collections]
+    bbox_t: BBox | None = tuple(float(v) for v in bbox) if bbox is not None else None  # type: ignore[assignment]
+    if bbox_t is not None and len(bbox_t) != 4:
+        raise ValueError(f"bbox must be (west, south, east, north) in degrees, got {bbox!r}")
+    label = source if isinstance(source, str) else os.fspath(source) if isinstance(source, os.PathLike) else type(source).__name__
+
+    items: list[pystac.Item]
+    if isinstance(source, (str, os.PathLike)):
+        src = os.fspath(source)
+        if _is_url(src) and not src.split("?")[0].endswith((".json", ".geojson")):
+            items = _search_api(src, bbox_t, datetime, collections, ids, max_items, modifier)
+            modifier = None  # pystac-client already applied it
+        else:
+            items = list(_iter_static(src))
+    elif isinstance(source, pystac.Catalog):
+        items = list(source.get_items(recursive=True))
+    else:
+        items = list(source)
+
+    time_range = _parse_datetime_range(datetime)
+    found: list[pystac.Item] = []
+    for item in items:
+        if _matches(item, bbox_t, time_range, collections, ids):
+            found.append(item)
+            if max_items is not None and len(found) >= max_items:
+                break
+    if not found:
+        raise NoItemsFoundError(
+            f"No STAC Item found in {_describe(str(label), bbox_t, datetime, collections, ids)}. "
+            "Check the bbox is (west, south, east, north) in degrees, widen the datetime range or "
+            "drop the collections filter."
+        )
+    if modifier is not None:
+        for item in found:
+            modifier(item)
+    return pystac.ItemCollection(found, clone_items=False)
+
+
+def _iter_static(src: str) -> Iterable[pystac.Item]:
+    data = _read_json(src)
+    kind = data.get("type")
+    if kind == "FeatureCollection":
+        yield from pystac.ItemCollection.from_dict(data, preserve_dict=False)
+        return
+    if kind == "Feature":
+        item = pystac.Item.from_dict(data)
+        item.set_self_href(src if _is_url(src) else os.path.abspath(src))
+        yield item
+        return
+    if kind in ("Catalog", "Collection"):
+        root = pystac.read_file(src if _is_url(src) else os.path.abspath(src))
+        assert isinstance(root, pystac.Catalog)
+        yield from root.get_items(recursive=True)
+        return
+    raise CatalogNotFoundError(
+        f"{src!r} is JSON of type {kind!r}, not a STAC Catalog, Collection, Item or ItemCollection."
+    )
+
+
+def _search_api(
+    url: str,
+    bbox: BBox | None,
+    datetime: str | None,
+    collections: Sequence[str] | None,
+    ids: Sequence[str] | None,
+    max_items: int | None,
+    modifier: Modifier | None,
+) -> list[pystac.Item]:
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+
+    try:
+        client = Client.open(url, modifier=modifier)
+        search = client.search(
+            bbox=bbox,
+            datetime=datetime,
+            collections=list(collections) if collections else None,
+            ids=list(ids) if ids else None,
+            max_items=max_items,
+        )
+        return list(search.items())
+    except (APIError, OSError) as err:
+        raise CatalogNotFoundError(
+            f"Could not search the STAC API at {url!r}: {err}. Check the URL is the API root "
+            "(the page with 'conformsTo') and that it is reachable."
+        ) from err
