@@ -1,0 +1,55 @@
+"""staclearn: STAC-native GeoAI.
+
+Land-cover pixel classification, building-damage classification and change detection from
+STAC Items to published STAC Items with MLM model cards. The public API::
+
+    items = staclearn.open_items("catalogs/nc-landsat/catalog.json")
+    cube = staclearn.load_cube(imagery, bands=["b1", "b2", "b3", "b4", "b5"])
+    labels = staclearn.load_label_raster(label_item, cube.odc.geobox)
+    ...
+    result = staclearn.run_landcover("catalogs/nc-landsat/catalog.json", "runs/nc")
+"""
+
+from staclearn.augment import Augmentation
+from staclearn.chips import ChipDataset, band_statistics, block_split, chip_windows, export_chips
+from staclearn.cube import load_cube
+from staclearn.errors import StaclearnError
+from staclearn.evaluate import ClassificationMetrics, compute_metrics, random_forest_baseline, write_report
+from staclearn.labels import ClassInfo, load_label_raster, rasterize_labels
+from staclearn.landcover import LandCoverConfig, run_landcover
+from staclearn.modelcard import load_model, model_card
+from staclearn.models import build_model
+from staclearn.predict import predict_class_map
+from staclearn.publish import class_map_item, write_catalog
+from staclearn.search import open_items
+from staclearn.train import Trainer
+
+__all__ = [
+    "open_items",
+    "load_cube",
+    "ClassInfo",
+    "load_label_raster",
+    "rasterize_labels",
+    "chip_windows",
+    "block_split",
+    "export_chips",
+    "ChipDataset",
+    "band_statistics",
+    "Augmentation",
+    "build_model",
+    "Trainer",
+    "predict_class_map",
+    "ClassificationMetrics",
+    "compute_metrics",
+    "random_forest_baseline",
+    "write_report",
+    "model_card",
+    "load_model",
+    "class_map_item",
+    "write_catalog",
+    "LandCoverConfig",
+    "run_landcover",
+    "StaclearnError",
+]
+
+__version__ = "0.1.0"

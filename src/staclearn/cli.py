@@ -1,0 +1,188 @@
+"""``staclearn`` command line: the same steps as the Python API, in the field's words.
+
+Units: tile sizes, strides, padding and block sizes are in *pixels of the imagery cube*;
+bbox is (west, south, east, north) in WGS84 degrees; datetime is an RFC 3339 instant or
+``start/end`` interval.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from staclearn.errors import StaclearnError
+
+app = typer.Typer(
+    help="STAC-native GeoAI: land cover, building damage and change detection from STAC Items "
+    "to published STAC Items with MLM model cards.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+landcover_app = typer.Typer(help="Land-cover pixel classification (U-Net).", no_args_is_help=True)
+app.add_typer(landcover_app, name="landcover")
+
+
+def _bbox(value: Optional[str]) -> Optional[list[float]]:
+    if value is None:
+        return None
+    parts = [float(v) for v in value.split(",")]
+    if len(parts) != 4:
+        raise typer.BadParameter("bbox is 'west,south,east,north' in degrees")
+    return parts
+
+
+def _modifier(name: Optional[str]):
+    if name is None:
+        return None
+    if name == "planetary-computer":
+        import planetary_computer
+
+        return planetary_computer.sign_inplace
+    raise typer.BadParameter("modifier must be 'planetary-computer'")
+
+
+def _fail(err: StaclearnError) -> None:
+    typer.secho(f"error: {type(err).__name__}: {err}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def search(
+    source: Annotated[str, typer.Argument(help="catalog.json / ItemCollection path, or STAC API URL")],
+    bbox: Annotated[Optional[str], typer.Option(help="west,south,east,north in WGS84 degrees")] = None,
+    datetime: Annotated[Optional[str], typer.Option(help="RFC 3339 instant or start/end interval ('..' = open)")] = None,
+    collections: Annotated[Optional[list[str]], typer.Option("--collection", help="collection id (repeatable)")] = None,
+    max_items: Annotated[Optional[int], typer.Option(help="stop after this many Items")] = None,
+    modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
+) -> None:
+    """List the STAC Items a source holds (id, collection, datetime, assets) as JSON lines."""
+    from staclearn.search import open_items
+
+    try:
+        items = open_items(
+            source, bbox=_bbox(bbox), datetime=datetime, collections=collections, max_items=max_items, modifier=_modifier(modifier)
+        )
+    except StaclearnError as err:
+        _fail(err)
+    for item in items:
+        typer.echo(
+            json.dumps(
+                {
+                    "id": item.id,
+                    "collection": item.collection_id,
+                    "datetime": item.properties.get("datetime") or item.properties.get("start_datetime"),
+                    "bbox": item.bbox,
+                    "assets": sorted(item.assets),
+                }
+            )
+        )
+
+
+@landcover_app.command("run")
+def landcover_run(
+    catalog: Annotated[str, typer.Option(help="STAC catalog / ItemCollection path or STAC API URL with imagery and one label Item")] = "catalogs/nc-landsat/catalog.json",
+    out: Annotated[Path, typer.Option(help="run folder for chips, model, class map, report and STAC catalog")] = Path("runs/nc"),
+    bands: Annotated[Optional[list[str]], typer.Option("--band", help="imagery band, in model input order (repeatable; default: all)")] = None,
+    label_asset: Annotated[str, typer.Option(help="asset key of the label raster in the label Item")] = "labels",
+    bbox: Annotated[Optional[str], typer.Option(help="west,south,east,north in WGS84 degrees")] = None,
+    datetime: Annotated[Optional[str], typer.Option(help="RFC 3339 interval of the imagery")] = None,
+    tile_size: Annotated[int, typer.Option(help="training chip edge, pixels (multiple of 32)")] = 64,
+    stride: Annotated[int, typer.Option(help="step between chips, pixels")] = 32,
+    min_labelled: Annotated[float, typer.Option(help="minimum labelled fraction of a chip, 0-1")] = 0.002,
+    block_size: Annotated[int, typer.Option(help="edge of the spatial split blocks, pixels")] = 64,
+    valid_fraction: Annotated[float, typer.Option(help="share of labelled pixels held out, 0-1")] = 0.3,
+    encoder: Annotated[str, typer.Option(help="U-Net encoder (resnet18, resnet34, efficientnet-b0...)")] = "resnet18",
+    encoder_weights: Annotated[Optional[str], typer.Option(help="'imagenet' needs internet; default random init")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 30,
+    lr: Annotated[float, typer.Option(help="peak learning rate of the one-cycle schedule")] = 3e-3,
+    batch_size: Annotated[int, typer.Option(help="chips per batch")] = 16,
+    predict_tile_size: Annotated[int, typer.Option(help="inference tile edge incl. padding, pixels")] = 256,
+    padding: Annotated[int, typer.Option(help="inference context discarded on each tile side, pixels")] = 32,
+    rf_estimators: Annotated[int, typer.Option(help="trees of the RandomForest baseline (0 = skip)")] = 200,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+    engine: Annotated[str, typer.Option(help="cube loader: odc (odc-stac) or stackstac")] = "odc",
+    modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train a U-Net on STAC imagery + labels, predict the whole scene, evaluate and publish.
+
+    Writes into OUT: class_map.tif (COG, class values, nodata 255), evaluation.json and
+    evaluation_confusion.png (U-Net and RandomForest on the held-out blocks), history.json,
+    chips/ (GeoTIFF chips + chips.parquet index), model/weights.safetensors and catalog.json
+    with the MLM model-card Item and the class-map Item.
+    """
+    from staclearn.landcover import LandCoverConfig, run_landcover
+
+    config = LandCoverConfig(
+        bands=tuple(bands) if bands else None,
+        label_asset=label_asset,
+        engine=engine,
+        tile_size=tile_size,
+        stride=stride,
+        min_labelled=min_labelled,
+        block_size=block_size,
+        valid_fraction=valid_fraction,
+        encoder=encoder,
+        encoder_weights=encoder_weights,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        predict_tile_size=predict_tile_size,
+        padding=padding,
+        rf_estimators=rf_estimators,
+        seed=seed,
+        device=device,
+    )
+    try:
+        result = run_landcover(catalog, out, config, bbox=_bbox(bbox), datetime=datetime, modifier=_modifier(modifier), progress=progress)
+    except StaclearnError as err:
+        _fail(err)
+    typer.echo(f"class map: {result.class_map}\nreport:    {out / 'evaluation.json'}\ncatalog:   {result.catalog}")
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option(help="MLM model-card Item (path or URL)")],
+    catalog: Annotated[str, typer.Option(help="STAC catalog / ItemCollection path or API URL with the imagery")],
+    out: Annotated[Path, typer.Option(help="output folder (class_map.tif + catalog.json)")],
+    bbox: Annotated[Optional[str], typer.Option(help="west,south,east,north in WGS84 degrees")] = None,
+    datetime: Annotated[Optional[str], typer.Option(help="RFC 3339 interval of the imagery")] = None,
+    tile_size: Annotated[int, typer.Option(help="inference tile edge incl. padding, pixels")] = 256,
+    padding: Annotated[int, typer.Option(help="inference context discarded on each tile side, pixels")] = 32,
+    batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+    modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
+) -> None:
+    """Predict a class map with a published model, from its MLM card alone, and publish it."""
+    import pystac
+
+    from staclearn.cube import load_cube
+    from staclearn.landcover import split_label_items
+    from staclearn.modelcard import load_model
+    from staclearn.predict import predict_class_map
+    from staclearn.publish import class_map_item, write_catalog
+    from staclearn.search import open_items
+
+    try:
+        net = load_model(model)
+        imagery, _ = split_label_items(open_items(catalog, bbox=_bbox(bbox), datetime=datetime, modifier=_modifier(modifier)))
+        cube = load_cube(imagery, bands=net.spec.bands, bbox=_bbox(bbox))
+        cmap = predict_class_map(
+            net, cube, tile_size=tile_size, padding=padding, batch_size=batch_size, device=device, out_path=out / "class_map.tif"
+        )
+        card = pystac.Item.from_file(model)
+        item = class_map_item(
+            str((out / "class_map.tif").resolve()), cmap, id=f"{out.resolve().name}-class-map", classes=net.spec.classes, source_items=imagery, model_card=card
+        )
+        write_catalog([item], out, id=out.resolve().name, description="staclearn prediction")
+    except StaclearnError as err:
+        _fail(err)
+    typer.echo(f"class map: {out / 'class_map.tif'}\ncatalog:   {out / 'catalog.json'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

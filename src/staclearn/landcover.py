@@ -1,0 +1,350 @@
+"""The land-cover workflow end to end: STAC -> cube -> chips -> U-Net -> class map -> STAC.
+
+:func:`run_landcover` is what ``staclearn landcover run`` calls. Each step is a public
+function of its own module, so a notebook can run them one by one:
+
+1. :func:`staclearn.search.open_items` - imagery and label Items from a catalog / API;
+2. :func:`staclearn.cube.load_cube` - the imagery cube on its GeoBox;
+3. :func:`staclearn.labels.load_label_raster` - labels aligned to that GeoBox;
+4. :func:`staclearn.chips.block_split` and :func:`staclearn.chips.export_chips`;
+5. :class:`staclearn.train.Trainer` - ``fit(epochs, lr)``;
+6. :func:`staclearn.predict.predict_class_map` - the class-map COG;
+7. :mod:`staclearn.evaluate` - held-out blocks, with a per-pixel RandomForest baseline;
+8. :mod:`staclearn.modelcard` and :mod:`staclearn.publish` - MLM card + class-map Item.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+
+from staclearn.chips import TRAIN, VALID, ChipDataset, band_statistics, block_split, export_chips
+from staclearn.cube import load_cube, valid_mask
+from staclearn.errors import NoItemsFoundError
+from staclearn.evaluate import ClassificationMetrics, compute_metrics, random_forest_baseline, write_report
+from staclearn.labels import IGNORE_INDEX, load_label_raster
+from staclearn.modelcard import model_card
+from staclearn.models import build_model, save_weights
+from staclearn.predict import CLASS_MAP_NODATA, predict_class_map, write_cog
+from staclearn.publish import class_map_item, geobox_geometry, write_catalog
+from staclearn.search import open_items
+from staclearn.train import EpochRecord, Trainer
+
+__all__ = ["LandCoverConfig", "LandCoverResult", "run_landcover", "split_label_items"]
+
+
+@dataclass(frozen=True)
+class LandCoverConfig:
+    """Settings of a land-cover run. Pixel sizes are in pixels of the imagery cube.
+
+    Attributes:
+        bands: imagery bands, in model input order; ``None``: every band of the Item.
+        label_asset: key of the label raster asset in the label Item.
+        engine: cube loader, ``"odc"`` or ``"stackstac"``.
+        tile_size: training chip edge (pixels); a multiple of 32 for a depth-5 U-Net.
+        stride: step between chips (pixels); < tile_size gives overlapping chips.
+        min_labelled: minimum share of labelled pixels in a chip, in [0, 1].
+        block_size: edge of the square blocks of the spatial train/validation split (pixels).
+        valid_fraction: target share of labelled pixels held out in validation blocks.
+        architecture: smp architecture (``"Unet"``).
+        encoder: encoder name (``"resnet18"``, ``"resnet34"``...).
+        encoder_weights: ``None`` or ``"imagenet"`` (needs internet).
+        epochs: training epochs.
+        lr: peak learning rate of the one-cycle schedule.
+        batch_size: chips per batch.
+        class_weights: ``"balanced"`` (median-frequency) or ``None``.
+        augment: kornia rotation / zoom / shift / flips during training.
+        predict_tile_size: inference tile edge (pixels, padding included).
+        padding: inference context discarded on each tile side (pixels).
+        rf_estimators: trees of the RandomForest baseline (0 skips it).
+        seed: random seed for split, initialisation, shuffling and augmentation.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+    """
+
+    bands: tuple[str, ...] | None = None
+    label_asset: str = "labels"
+    engine: str = "odc"
+    tile_size: int = 64
+    stride: int = 32
+    min_labelled: float = 0.002
+    block_size: int = 64
+    valid_fraction: float = 0.3
+    architecture: str = "Unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 16
+    class_weights: str | None = "balanced"
+    augment: bool = True
+    predict_tile_size: int = 256
+    padding: int = 32
+    rf_estimators: int = 200
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class LandCoverResult:
+    """What a land-cover run produced.
+
+    Attributes:
+        out_dir: the run folder.
+        class_map: path of the class-map COG.
+        catalog: path of the output ``catalog.json``.
+        model_card: the MLM card Item (saved).
+        prediction: the class-map Item (saved).
+        metrics: ``{"unet": ..., "random_forest": ...}`` on the held-out blocks.
+        history: per-epoch training records.
+        timings: seconds per step (``train``, ``predict``...) and ``predict_mpx_per_s``.
+    """
+
+    out_dir: Path
+    class_map: Path
+    catalog: Path
+    model_card: pystac.Item
+    prediction: pystac.Item
+    metrics: dict[str, ClassificationMetrics]
+    history: list[EpochRecord]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def split_label_items(items: Sequence[pystac.Item]) -> tuple[list[pystac.Item], list[pystac.Item]]:
+    """Separate imagery Items from label Items (label extension or ``label:`` properties).
+
+    Returns:
+        ``(imagery, labels)``.
+    """
+    labels = [
+        i
+        for i in items
+        if any("/label/" in e for e in i.stac_extensions) or any(k.startswith("label:") for k in i.properties)
+    ]
+    imagery = [i for i in items if i not in labels]
+    return imagery, labels
+
+
+def run_landcover(
+    source: Any,
+    out_dir: str | os.PathLike[str],
+    config: LandCoverConfig = LandCoverConfig(),
+    *,
+    bbox: Sequence[float] | None = None,
+    datetime: str | None = None,
+    collections: Sequence[str] | None = None,
+    modifier: Callable[[Any], Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> LandCoverResult:
+    """Run the land-cover workflow and publish its outputs into ``out_dir``.
+
+    Args:
+        source: STAC catalog / ItemCollection path, STAC API URL, or Items (see
+            :func:`staclearn.search.open_items`); must yield imagery Items and one label Item.
+        out_dir: run folder, created if needed. It receives ``class_map.tif`` (COG),
+            ``evaluation.json`` + ``evaluation_confusion.png``, ``history.json``,
+            ``baseline_rf.tif``, ``chips/`` (GeoTIFF chips + ``chips.parquet``),
+            ``model/weights.safetensors`` and a static STAC catalog (``catalog.json``, the
+            MLM card Item and the class-map Item).
+        config: the run settings.
+        bbox: ``(west, south, east, north)`` degrees to search / crop.
+        datetime: RFC 3339 interval for the search.
+        collections: collection ids for the search.
+        modifier: href signer, e.g. ``planetary_computer.sign_inplace``.
+        progress: show progress bars.
+        log: where step messages go.
+
+    Returns:
+        A :class:`LandCoverResult`.
+
+    Raises:
+        NoItemsFoundError: no imagery Item, or no label Item.
+        plus the errors of each step (see the step functions).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    items = open_items(source, bbox=bbox, datetime=datetime, collections=collections, modifier=modifier)
+    imagery, label_items = split_label_items(items)
+    if not imagery:
+        raise NoItemsFoundError(f"No imagery Item in {source!r}: every Item found is a label Item.")
+    if not label_items:
+        raise NoItemsFoundError(
+            f"No label Item in {source!r}: add an Item with the STAC label extension whose asset "
+            f"{config.label_asset!r} is the label raster."
+        )
+    label_item = label_items[0]
+    cube = load_cube(imagery, bands=config.bands, bbox=bbox, engine=config.engine)  # type: ignore[arg-type]
+    if cube.sizes["time"] > 1:
+        log(f"{cube.sizes['time']} imagery dates found: using their median composite")
+        cube = cube.median("time", keep_attrs=True).expand_dims(time=1)
+    geobox = cube.odc.geobox
+    bands = [str(b) for b in cube.band.values]
+    image = np.asarray(cube.isel(time=0).values, dtype=np.float32)
+    nodata = cube.attrs.get("nodata")
+    labels_da = load_label_raster(label_item, geobox, asset=config.label_asset)
+    classes = labels_da.attrs["classes"]
+    ok = valid_mask(image, nodata)
+    labels = np.where(ok, labels_da.values, IGNORE_INDEX).astype(np.uint8)
+    log(f"cube {dict(cube.sizes)} bands {bands}; {int((labels != IGNORE_INDEX).sum())} labelled pixels, {len(classes)} classes")
+
+    split = block_split(labels, block_size=config.block_size, valid_fraction=config.valid_fraction, seed=config.seed)
+    index = export_chips(
+        image,
+        labels,
+        split,
+        geobox,
+        out / "chips",
+        tile_size=config.tile_size,
+        stride=config.stride,
+        min_labelled=config.min_labelled,
+        nodata=nodata,
+        band_names=bands,
+    )
+    n_train, n_valid = int((index.split == "train").sum()), int((index.split == "valid").sum())
+    log(f"{n_train} training and {n_valid} validation chips of {config.tile_size} px in {out / 'chips'}")
+    timings["prepare"] = time.perf_counter() - t0
+
+    mean, std = band_statistics(out / "chips" / "chips.parquet", "train")
+    model = build_model(
+        bands,
+        classes,
+        mean=mean,
+        std=std,
+        architecture=config.architecture,
+        encoder=config.encoder,
+        encoder_weights=config.encoder_weights,
+    )
+    index_path = out / "chips" / "chips.parquet"
+    trainer = Trainer(
+        model,
+        ChipDataset(index_path, "train", fill=mean),
+        ChipDataset(index_path, "valid", fill=mean),
+        num_classes=len(classes),
+        batch_size=config.batch_size,
+        weights=config.class_weights,
+        augment=config.augment,
+        device=config.device,
+        seed=config.seed,
+        checkpoint=out / "model" / "best.safetensors",
+    )
+    t1 = time.perf_counter()
+    history = trainer.fit(
+        config.epochs,
+        config.lr,
+        progress=progress,
+        on_epoch=lambda r: log(
+            f"epoch {r.epoch:3d}  train_loss {r.train_loss:.4f}  valid_loss {r.valid_loss:.4f}  "
+            f"valid_OA {r.valid_accuracy:.3f}  valid_mIoU {r.valid_miou:.3f}  ({r.seconds:.1f} s)"
+        ),
+    )
+    timings["train"] = time.perf_counter() - t1
+    weights = save_weights(model, out / "model" / "weights.safetensors")
+    (out / "model" / "best.safetensors").unlink(missing_ok=True)
+    _write_json(out / "history.json", {"best_epoch": trainer.best_epoch, "epochs": trainer.history_table()})
+
+    t2 = time.perf_counter()
+    class_map = predict_class_map(
+        model,
+        cube,
+        tile_size=config.predict_tile_size,
+        padding=config.padding,
+        batch_size=max(1, config.batch_size // 4),
+        device=config.device,
+        out_path=out / "class_map.tif",
+    )
+    timings["predict"] = time.perf_counter() - t2
+    timings["predict_mpx_per_s"] = class_map.size / 1e6 / timings["predict"]
+
+    values = np.asarray([c.value for c in classes], dtype=np.uint8)
+    names = [c.name for c in classes]
+    held_out = (split == VALID) & (labels != IGNORE_INDEX)
+    reference = np.where(held_out, values[np.minimum(labels, len(values) - 1)], IGNORE_INDEX).astype(np.uint8)
+    metrics = {"unet": compute_metrics(reference, class_map.values, values.tolist(), names)}
+    if config.rf_estimators > 0:
+        t3 = time.perf_counter()
+        train_mask = (split == TRAIN) & (labels != IGNORE_INDEX)
+        rf_idx = random_forest_baseline(
+            image, labels, train_mask, nodata_mask=~ok, n_estimators=config.rf_estimators, seed=config.seed
+        )
+        rf_map = np.where(rf_idx == IGNORE_INDEX, CLASS_MAP_NODATA, values[np.minimum(rf_idx, len(values) - 1)]).astype(np.uint8)
+        metrics["random_forest"] = compute_metrics(reference, rf_map, values.tolist(), names)
+        write_cog(class_map.copy(data=rf_map), out / "baseline_rf.tif")
+        timings["random_forest"] = time.perf_counter() - t3
+    json_path, png_path = write_report(metrics, out, name="evaluation")
+    for name, m in metrics.items():
+        log(f"{name:14s} OA {m.overall_accuracy:.3f}  kappa {m.kappa:.3f}  macro-F1 {m.macro_f1:.3f}  mIoU {m.miou:.3f}")
+
+    geometry, bbox4326 = geobox_geometry(geobox)
+    hp = {
+        "epochs": config.epochs,
+        "lr": config.lr,
+        "lr_schedule": "one-cycle",
+        "optimizer": "AdamW",
+        "batch_size": config.batch_size,
+        "tile_size": config.tile_size,
+        "stride": config.stride,
+        "class_weights": config.class_weights or "none",
+        "augmentation": "kornia rotation/zoom/shift/flips" if config.augment else "none",
+        "seed": config.seed,
+        "best_epoch": trainer.best_epoch,
+        "split": f"spatial blocks of {config.block_size} px, {config.valid_fraction:.0%} of labels held out",
+    }
+    card = model_card(
+        model,
+        str(weights.resolve()),
+        id=f"{out.resolve().name}-model",
+        geometry=geometry,
+        bbox=bbox4326,
+        tile_size=config.predict_tile_size,
+        hyperparameters=hp,
+        training_items=[*imagery, label_item],
+        metrics={k: {"overall_accuracy": v.overall_accuracy, "macro_f1": v.macro_f1, "miou": v.miou, "kappa": v.kappa} for k, v in metrics.items()},
+        description=f"Land-cover {config.architecture} ({config.encoder}) for {len(bands)} bands {bands}, trained by staclearn on {label_item.id}.",
+    )
+    card.add_asset(
+        "evaluation",
+        pystac.Asset(str(json_path.resolve()), media_type=pystac.MediaType.JSON, roles=["metadata"], title="Evaluation on held-out blocks"),
+    )
+    prediction = class_map_item(
+        str((out / "class_map.tif").resolve()),
+        class_map,
+        id=f"{out.resolve().name}-class-map",
+        classes=classes,
+        source_items=imagery,
+        model_card=card,
+    )
+    prediction.add_asset(
+        "confusion_matrix",
+        pystac.Asset(str(png_path.resolve()), media_type=pystac.MediaType.PNG, roles=["overview"], title="Confusion matrices"),
+    )
+    write_catalog([card, prediction], out, id=f"{out.resolve().name}", description="staclearn land-cover run")
+    timings["total"] = time.perf_counter() - t0
+    _write_json(out / "timings.json", timings)
+    return LandCoverResult(
+        out_dir=out,
+        class_map=out / "class_map.tif",
+        catalog=out / "catalog.json",
+        model_card=card,
+        prediction=prediction,
+        metrics=metrics,
+        history=history,
+        timings=timings,
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+

@@ -1,0 +1,234 @@
+"""Model cards as STAC Items with the MLM (Machine Learning Model) extension, v1.5.2.
+
+The card says everything needed to run the model again: architecture and encoder, the input
+bands in order, their z-score ``value_scaling``, the input/output structures, the output
+classes (``classification:classes``), training hyperparameters, and the weights as a
+safetensors asset (role ``mlm:model``). pystac's bundled MLM helper writes v1.4.0; staclearn
+writes v1.5.2 (the version whose schema the project validates against, where
+``value_scaling`` is a list with one object per band) as plain properties.
+
+Spec: https://github.com/stac-extensions/mlm (v1.5.2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import pystac
+import torch
+
+from staclearn.errors import ModelCardError
+from staclearn.models import ModelSpec, SegmentationModel, load_weights
+from staclearn.publish import unsigned_href
+
+__all__ = ["MLM_SCHEMA", "CLASSIFICATION_SCHEMA", "model_card", "spec_from_card", "load_model", "WEIGHTS_ASSET"]
+
+MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
+CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
+WEIGHTS_ASSET = "weights"
+SAFETENSORS_MEDIA_TYPE = "application/octet-stream; application=safetensors"
+
+
+def _torch_version() -> str:
+    return torch.__version__.split("+")[0]
+
+
+def model_card(
+    model: SegmentationModel,
+    weights_href: str,
+    *,
+    id: str,
+    geometry: dict[str, Any] | None = None,
+    bbox: Sequence[float] | None = None,
+    tile_size: int = 256,
+    hyperparameters: Mapping[str, Any] | None = None,
+    tasks: Sequence[str] = ("semantic-segmentation", "segmentation"),
+    training_items: Sequence[pystac.Item] = (),
+    metrics: Mapping[str, Any] | None = None,
+    description: str | None = None,
+    input_name: str | None = None,
+    input_description: str | None = None,
+) -> pystac.Item:
+    """Build the MLM model-card Item of a trained model.
+
+    Args:
+        model: the trained model (its ``spec`` gives bands, normalisation and classes).
+        weights_href: href of the safetensors weights (relative hrefs are resolved against
+            the card when it is saved).
+        id: Item id.
+        geometry: GeoJSON geometry (WGS84) of the training area; default: none (null).
+        bbox: bbox of ``geometry``.
+        tile_size: input tile edge in pixels, written into ``mlm:input`` shape.
+        hyperparameters: training settings (epochs, lr, batch size, ...) for
+            ``mlm:hyperparameters``; staclearn adds the smp architecture/encoder used to
+            rebuild the model.
+        tasks: MLM task names (``mlm:tasks``).
+        training_items: imagery/label Items the model was trained on (``derived_from`` links).
+        metrics: evaluation figures to record in ``staclearn:metrics``.
+        description: Item description.
+        input_name: name of the ``mlm:input`` entry.
+        input_description: how the input is built (e.g. how two dates are stacked).
+
+    Returns:
+        A STAC 1.1 Item with the MLM v1.5.2 and classification v1.1.0 extensions.
+    """
+    spec = model.spec
+    n_params = sum(p.numel() for p in model.parameters())
+    mem = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    hp: dict[str, Any] = {
+        "smp.architecture": spec.architecture,
+        "smp.encoder": spec.encoder,
+        "smp.encoder_depth": spec.encoder_depth,
+    }
+    if hyperparameters:
+        hp.update({k: v for k, v in hyperparameters.items() if v is not None})
+    props: dict[str, Any] = {
+        "description": description or f"{spec.architecture} ({spec.encoder}) trained with staclearn",
+        "mlm:name": id,
+        "mlm:architecture": "U-Net" if spec.architecture == "Unet" else spec.architecture,
+        "mlm:tasks": list(tasks),
+        "mlm:framework": "PyTorch",
+        "mlm:framework_version": _torch_version(),
+        "mlm:total_parameters": int(n_params),
+        "mlm:memory_size": int(mem),
+        "mlm:pretrained": spec.encoder_weights is not None,
+        "mlm:pretrained_source": spec.encoder_weights,
+        "mlm:batch_size_suggestion": int(hp.get("batch_size", 8)),
+        "mlm:accelerator": None,
+        "mlm:accelerator_constrained": False,
+        "mlm:accelerator_summary": "Runs on CPU, CUDA or Apple MPS (device chosen at run time).",
+        "bands": [{"name": b} for b in spec.bands],
+        "mlm:input": [
+            {
+                "name": input_name or f"{len(spec.bands)}-band imagery",
+                "bands": list(spec.bands),
+                "input": {
+                    "shape": [-1, spec.in_channels, tile_size, tile_size],
+                    "dim_order": ["batch", "bands", "height", "width"],
+                    "data_type": "float32",
+                },
+                "description": input_description
+                or (
+                    "Bands in this order, in the source imagery's units (no rescaling before "
+                    f"value_scaling); height and width multiples of {spec.stride} px; nodata "
+                    "pixels replaced by the band mean."
+                ),
+                "value_scaling": [
+                    {"type": "z-score", "mean": float(m), "stddev": float(s)} for m, s in zip(spec.mean, spec.std)
+                ],
+                "resize_type": None,
+            }
+        ],
+        "mlm:output": [
+            {
+                "name": "class map",
+                "tasks": list(tasks),
+                "result": {
+                    "shape": [-1, spec.num_classes, tile_size, tile_size],
+                    "dim_order": ["batch", "class", "height", "width"],
+                    "data_type": "float32",
+                },
+                "description": "Logits per class; the class map is argmax over 'class', mapped to the class values below.",
+                "classification:classes": [c.to_dict() for c in spec.classes],
+                "post_processing_function": None,
+            }
+        ],
+        "mlm:hyperparameters": hp,
+    }
+    if metrics:
+        props["staclearn:metrics"] = dict(metrics)
+    now = datetime.now(timezone.utc)
+    item = pystac.Item(id=id, geometry=geometry, bbox=list(bbox) if bbox else None, datetime=now, properties=props)
+    item.stac_extensions = [MLM_SCHEMA, CLASSIFICATION_SCHEMA]
+    item.add_asset(
+        WEIGHTS_ASSET,
+        pystac.Asset(
+            href=weights_href,
+            media_type=SAFETENSORS_MEDIA_TYPE,
+            roles=["mlm:model", "mlm:weights", "data"],
+            title=f"{spec.architecture} {spec.encoder} weights (safetensors)",
+            extra_fields={"mlm:artifact_type": "safetensors"},
+        ),
+    )
+    for src in training_items:
+        href = src.get_self_href()
+        if href:
+            item.add_link(pystac.Link("derived_from", unsigned_href(href), pystac.MediaType.JSON, title=f"training data: {src.id}"))
+    return item
+
+
+def spec_from_card(card: pystac.Item | Mapping[str, Any]) -> ModelSpec:
+    """Rebuild the :class:`ModelSpec` described by an MLM card.
+
+    Args:
+        card: the card Item or its dict.
+
+    Returns:
+        The model description (bands, normalisation, classes, smp architecture).
+
+    Raises:
+        ModelCardError: a required MLM field is missing (the message names it).
+    """
+    props = card.properties if isinstance(card, pystac.Item) else card.get("properties", {})
+    cid = card.id if isinstance(card, pystac.Item) else card.get("id")
+    try:
+        inp = props["mlm:input"][0]
+        out = props["mlm:output"][0]
+        hp = props.get("mlm:hyperparameters", {})
+        scaling = inp.get("value_scaling") or []
+        bands = list(inp["bands"])
+        bands = [b["name"] if isinstance(b, dict) else b for b in bands]
+        if len(scaling) != len(bands) or any(s.get("type") != "z-score" for s in scaling):
+            raise ModelCardError(
+                f"Model card {cid!r}: mlm:input value_scaling must hold one 'z-score' object per band "
+                f"({len(bands)} bands, {len(scaling)} objects)."
+            )
+        return ModelSpec.from_dict(
+            {
+                "architecture": hp.get("smp.architecture", "Unet"),
+                "encoder": hp["smp.encoder"],
+                "encoder_depth": hp.get("smp.encoder_depth", 5),
+                "bands": bands,
+                "classes": out["classification:classes"],
+                "mean": [s["mean"] for s in scaling],
+                "std": [s["stddev"] for s in scaling],
+                "encoder_weights": None,
+            }
+        )
+    except (KeyError, IndexError, TypeError) as err:
+        raise ModelCardError(
+            f"Model card {cid!r} lacks {err} needed to rebuild the model; it must carry mlm:input "
+            "(bands, value_scaling), mlm:output (classification:classes) and "
+            "mlm:hyperparameters 'smp.encoder'."
+        ) from err
+
+
+def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel:
+    """Rebuild a trained model from its MLM card alone.
+
+    Reads the card (local path or http(s)/fsspec URL), rebuilds the architecture, loads the
+    safetensors weights of the ``mlm:model`` asset and restores band order, normalisation and
+    classes. Nothing is unpickled and no code from the card is executed.
+
+    Args:
+        card: path/URL of the card Item JSON, or the Item.
+
+    Returns:
+        The model in eval mode; ``model.spec`` holds bands, normalisation and classes.
+
+    Raises:
+        ModelCardError: the card has no ``mlm:model`` asset or lacks MLM fields.
+        UnsafeWeightsError: the weights are not safetensors.
+    """
+    item = card if isinstance(card, pystac.Item) else pystac.Item.from_file(os.fspath(card))
+    spec = spec_from_card(item)
+    assets = [a for a in item.assets.values() if "mlm:model" in (a.roles or [])]
+    if not assets:
+        raise ModelCardError(f"Model card {item.id!r} has no asset with role 'mlm:model' (the weights).")
+    model = SegmentationModel(spec)
+    href = assets[0].get_absolute_href() or assets[0].href
+    load_weights(model, href)
+    return model.eval()

@@ -1,0 +1,38 @@
+"""kornia augmentation keeps image and mask together and the mask integer."""
+
+from __future__ import annotations
+
+import torch
+
+from staclearn.augment import Augmentation
+from staclearn.labels import IGNORE_INDEX
+
+
+def test_augmentation_moves_image_and_mask_together():
+    torch.manual_seed(0)
+    mask = torch.full((8, 64, 64), IGNORE_INDEX, dtype=torch.int64)
+    mask[:, :32, :32] = 0
+    mask[:, 32:, :32] = 1
+    mask[:, :32, 32:] = 2
+    image = mask[:, None].float().repeat(1, 3, 1, 1)  # every band equals the class value
+    out_img, out_mask = Augmentation(rotation=45, zoom=(0.8, 1.2), shift=0.2)(image, mask)
+    assert out_mask.dtype == torch.int64 and out_img.shape == image.shape
+    assert set(out_mask.unique().tolist()) <= {0, 1, 2, IGNORE_INDEX}
+    # the augmentation changed something
+    assert (out_mask != mask).float().mean() > 0.05
+    # image and mask were transformed with the same parameters: they agree except on edges
+    agree = (out_img[:, 0].round() == out_mask.float()).float().mean()
+    assert agree > 0.95
+    # ignored pixels stay ignored: wherever the image says 'ignore', so does the mask
+    ignored_img = out_img[:, 0].round() == IGNORE_INDEX
+    assert (out_mask[ignored_img] == IGNORE_INDEX).float().mean() > 0.95
+
+
+def test_augmentation_is_seedable():
+    mask = torch.randint(0, 3, (2, 32, 32))
+    image = torch.rand(2, 4, 32, 32)
+    torch.manual_seed(3)
+    a = Augmentation()(image, mask)
+    torch.manual_seed(3)
+    b = Augmentation()(image, mask)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
