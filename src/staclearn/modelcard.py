@@ -28,6 +28,7 @@ __all__ = ["MLM_SCHEMA", "CLASSIFICATION_SCHEMA", "model_card", "spec_from_card"
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
 CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
+EO_SCHEMA = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 WEIGHTS_ASSET = "weights"
 SAFETENSORS_MEDIA_TYPE = "application/octet-stream; application=safetensors"
 
@@ -100,7 +101,9 @@ def model_card(
         "mlm:accelerator": None,
         "mlm:accelerator_constrained": False,
         "mlm:accelerator_summary": "Runs on CPU, CUDA or Apple MPS (device chosen at run time).",
-        "bands": [{"name": b} for b in spec.bands],
+        # MLM requires the input bands described by eo, raster or STAC 1.1 bands; pystac 1.15
+        # writes no STAC 1.1 'bands', so eo:bands it is
+        "eo:bands": [{"name": b} for b in spec.bands],
         "mlm:input": [
             {
                 "name": input_name or f"{len(spec.bands)}-band imagery",
@@ -142,7 +145,7 @@ def model_card(
         props["staclearn:metrics"] = dict(metrics)
     now = datetime.now(timezone.utc)
     item = pystac.Item(id=id, geometry=geometry, bbox=list(bbox) if bbox else None, datetime=now, properties=props)
-    item.stac_extensions = [MLM_SCHEMA, CLASSIFICATION_SCHEMA]
+    item.stac_extensions = [MLM_SCHEMA, CLASSIFICATION_SCHEMA, EO_SCHEMA]
     item.add_asset(
         WEIGHTS_ASSET,
         pystac.Asset(

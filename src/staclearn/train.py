@@ -67,7 +67,7 @@ def class_weights(dataset: Dataset, num_classes: int, *, ignore_index: int = IGN
     freq = counts / counts.sum().clamp(min=1)
     present = freq > 0
     w = torch.zeros(num_classes, dtype=torch.float64)
-    w[present] = freq[present].median() / freq[present]
+    w[present] = freq[present].quantile(0.5) / freq[present]
     return w.float()
 
 
@@ -234,9 +234,9 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 sched.step()
-                total += float(loss) * x.shape[0]
+                total += loss.item() * x.shape[0]
                 n += x.shape[0]
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}")
             if self.valid_loader is not None:
                 vloss, vacc, vmiou = self._evaluate()
             else:

@@ -72,7 +72,8 @@ class _Schemas:
 
 def _refuse_retrieve(uri: str) -> referencing.Resource[Any]:
     """Registry fallback for URIs not bundled: never fetch, fail instead."""
-    raise referencing.exceptions.NoSuchResource(ref=uri)
+    # referencing's attrs classes are not understood by mypy, hence the ignores here.
+    raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
 def _normalise(uri: str) -> str:
@@ -145,7 +146,7 @@ def _load_schemas(schema_dir: str | os.PathLike[str] | None) -> _Schemas:
         local, extension_contents = _read_schema_dir(Path(schema_dir))
         resources.update(local)
     registry: referencing.Registry[Any] = referencing.Registry(
-        retrieve=_refuse_retrieve
+        retrieve=_refuse_retrieve  # type: ignore[call-arg]
     ).with_resources(resources.items())
 
     def validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:

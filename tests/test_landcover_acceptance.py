@@ -1,0 +1,107 @@
+"""Acceptance: the whole land-cover workflow on the real NC Landsat-7 scene (../shared/data).
+
+Small model and few epochs so it runs in CI on 2 CPU cores; the figures asserted are those
+of the real run (held-out blocks), not hard-coded results.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+
+from staclearn.landcover import LandCoverConfig, run_landcover
+from staclearn.labels import IGNORE_INDEX
+from staclearn.validate import validate, validate_catalog
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def nc_run(tmp_path_factory, request):
+    from conftest import NC_CATALOG, SHARED_DIR
+
+    if not (SHARED_DIR / "data" / "landcover" / "nc_landsat7" / "landsat_multiband.tif").exists():
+        pytest.skip("needs ../shared/data/landcover/nc_landsat7 (the NC Landsat-7 scene)")
+    out = tmp_path_factory.mktemp("nc") / "nc"
+    config = LandCoverConfig(bands=("b1", "b2", "b3", "b4", "b5"), epochs=4, batch_size=16, rf_estimators=50, seed=0)
+    result = run_landcover(NC_CATALOG, out, config, progress=False, log=lambda _: None)
+    return result, SHARED_DIR
+
+
+def test_class_map_cog(nc_run):
+    result, shared = nc_run
+    src_path = shared / "data" / "landcover" / "nc_landsat7" / "landsat_multiband.tif"
+    with rasterio.open(result.class_map) as cm, rasterio.open(src_path) as img:
+        assert cm.crs.to_epsg() == 32119 and cm.shape == (443, 489) == img.shape
+        assert cm.transform == img.transform and cm.dtypes[0] == "uint8" and cm.nodata == 255
+        assert cm.profile["tiled"] and cm.block_shapes[0][0] % 16 == 0  # tiled (COG) layout
+        values = cm.read(1)
+        nodata_in = (img.read() == img.nodata).any(0)
+    assert set(np.unique(values)) <= {1, 2, 3, 4, 5, 6, 7, 255}
+    assert ((values == 255) == nodata_in).all()  # nodata exactly where the input is nodata
+    assert len(set(np.unique(values[~nodata_in]))) >= 3  # a real map, not one class
+
+
+def test_metrics_json_has_every_class_in_the_split(nc_run):
+    result, _ = nc_run
+    report = json.loads((result.out_dir / "evaluation.json").read_text())
+    unet, rf = report["models"]["unet"], report["models"]["random_forest"]
+    # independent count of held-out labelled pixels: labelled pixels that are not in training chips
+    import geopandas as gpd
+
+    index = gpd.read_parquet(result.out_dir / "chips" / "chips.parquet")
+    assert set(index.split) == {"train", "valid"}
+    support = {k: v for k, v in unet["support"].items() if v > 0}
+    assert len(support) >= 5  # the blocked split keeps most of the 7 classes in validation
+    assert sum(unet["support"].values()) == unet["n_samples"] == rf["n_samples"] > 300
+    for m in (unet, rf):
+        cm = np.asarray(m["confusion"])
+        assert m["overall_accuracy"] == pytest.approx(np.trace(cm) / m["n_samples"])
+        assert set(m["f1"]) >= set(support) and set(m["precision"]) >= set(support)
+        assert 0 <= m["miou"] <= 1 and -1 <= m["kappa"] <= 1
+    # the per-pixel RandomForest is a real baseline on these spectra
+    assert rf["overall_accuracy"] > 0.55
+    assert (result.out_dir / "evaluation_confusion.png").stat().st_size > 10_000
+    hist = json.loads((result.out_dir / "history.json").read_text())
+    assert len(hist["epochs"]) == 4 and hist["epochs"][-1]["train_loss"] < hist["epochs"][0]["train_loss"]
+
+
+def test_published_items_load_and_validate(nc_run):
+    result, shared = nc_run
+    cat = pystac.Catalog.from_file(str(result.catalog))
+    items = {i.id: i for i in cat.get_items()}
+    card = items["nc-model"]
+    pred = items["nc-class-map"]
+    assert card.properties["mlm:input"][0]["bands"] == ["b1", "b2", "b3", "b4", "b5"]
+    assert len(card.properties["mlm:input"][0]["value_scaling"]) == 5
+    assert [c["name"] for c in card.properties["mlm:output"][0]["classification:classes"]][:2] == ["developed", "agriculture"]
+    assert card.assets["weights"].get_absolute_href().endswith("weights.safetensors")
+    assert pred.assets["class_map"].href == "../class_map.tif"  # relative href
+    derived = [link.get_absolute_href() for link in pred.links if link.rel == "derived_from"]
+    assert any(h.endswith("nc-landsat7-2000.json") for h in derived)
+    assert any(h.endswith("nc-model.json") for h in derived)
+    assert pred.properties["proj:code"] == "EPSG:32119" and pred.properties["proj:shape"] == [443, 489]
+    n = validate_catalog(result.catalog, shared / "schemas")
+    assert n == 3
+    # validate the JSON as written (pystac migrates classification v1.1.0 -> v2.0.0 on read)
+    report = validate(json.loads(open(card.get_self_href()).read()), shared / "schemas")
+    assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in report.validated
+    report = validate(json.loads(open(pred.get_self_href()).read()), shared / "schemas")
+    assert "https://stac-extensions.github.io/classification/v1.1.0/schema.json" in report.validated
+
+
+def test_cli_reports_bad_catalog_with_a_named_error(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "staclearn.cli", "landcover", "run", "--catalog", str(tmp_path / "nope.json"), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "CatalogNotFoundError" in proc.stderr and "nope.json" in proc.stderr
+    helped = subprocess.run([sys.executable, "-m", "staclearn.cli", "landcover", "run", "--help"], capture_output=True, text=True, timeout=120)
+    assert "pixels" in helped.stdout and "degrees" in helped.stdout
