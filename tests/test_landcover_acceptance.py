@@ -105,3 +105,51 @@ def test_cli_reports_bad_catalog_with_a_named_error(tmp_path):
     assert "CatalogNotFoundError" in proc.stderr and "nope.json" in proc.stderr
     helped = subprocess.run([sys.executable, "-m", "staclearn.cli", "landcover", "run", "--help"], capture_output=True, text=True, timeout=120)
     assert "pixels" in helped.stdout and "degrees" in helped.stdout
+
+
+def test_predict_from_the_model_card_alone(nc_run, tmp_path):
+    """train -> publish -> keep only the card and its weights -> predict -> identical class map."""
+    import shutil
+
+    from conftest import NC_CATALOG
+
+    result, _ = nc_run
+    card_src = result.out_dir / "nc-model" / "nc-model.json"
+    shutil.copy(card_src, tmp_path / "card.json")
+    card = json.loads(card_src.read_text())
+    weights = (card_src.parent / card["assets"]["weights"]["href"]).resolve()
+    (tmp_path / "w").mkdir()
+    shutil.copy(weights, tmp_path / "w" / "weights.safetensors")
+    card["assets"]["weights"]["href"] = "w/weights.safetensors"
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    out = tmp_path / "pred"
+    proc = subprocess.run(
+        [sys.executable, "-m", "staclearn.cli", "predict", "--model", str(tmp_path / "card.json"),
+         "--catalog", str(NC_CATALOG), "--out", str(out), "--tile-size", "256", "--padding", "32"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(out / "class_map.tif") as a, rasterio.open(result.class_map) as b:
+        assert np.array_equal(a.read(1), b.read(1))
+    item = pystac.Item.from_file(str(out / "pred-class-map" / "pred-class-map.json"))
+    assert any(link.rel == "derived_from" and link.href.endswith("card.json") for link in item.links)
+
+
+def test_pickle_weights_in_a_card_are_refused(nc_run, tmp_path):
+    from staclearn.errors import UnsafeWeightsError
+    from staclearn.modelcard import load_model
+
+    result, _ = nc_run
+    card = json.loads((result.out_dir / "nc-model" / "nc-model.json").read_text())
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Payload()))
+    card["assets"]["weights"]["href"] = "evil.pt"
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    with pytest.raises(UnsafeWeightsError):
+        load_model(tmp_path / "card.json")
+    assert not (tmp_path / "pwned").exists()

@@ -174,7 +174,7 @@ def predict(
         cmap = predict_class_map(
             net, cube, tile_size=tile_size, padding=padding, batch_size=batch_size, device=device, out_path=out / "class_map.tif"
         )
-        card = pystac.Item.from_file(model)
+        card = pystac.Item.from_file(str(Path(model).resolve()) if Path(model).exists() else model)
         item = class_map_item(
             str((out / "class_map.tif").resolve()), cmap, id=f"{out.resolve().name}-class-map", classes=net.spec.classes, source_items=imagery, model_card=card
         )

@@ -40,8 +40,8 @@ def band_names(items: Iterable[pystac.Item]) -> list[str]:
     if not items:
         return []
     md = odc.stac.extract_collection_metadata(items[0])
-    names = list(md.bands.keys())
-    out = [f"{k[0]}" if k[1] == 1 and len([b for b in names if b[0] == k[0]]) == 1 else f"{k[0]}.{k[1]}" for k in names]
+    keys = list(md.bands.keys())  # (asset, band index) pairs
+    out = [asset if sum(a == asset for a, _ in keys) == 1 else f"{asset}.{idx}" for asset, idx in keys]
     out.extend(a for a in md.aliases if a not in out)
     return out
 

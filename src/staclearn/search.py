@@ -224,8 +224,8 @@ def _iter_static(src: str) -> Iterable[pystac.Item]:
         return
     if kind in ("Catalog", "Collection"):
         root = pystac.read_file(src if _is_url(src) else os.path.abspath(src))
-        assert isinstance(root, pystac.Catalog)
-        yield from root.get_items(recursive=True)
+        if isinstance(root, pystac.Catalog):
+            yield from root.get_items(recursive=True)
         return
     raise CatalogNotFoundError(
         f"{src!r} is JSON of type {kind!r}, not a STAC Catalog, Collection, Item or ItemCollection."
