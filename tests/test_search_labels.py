@@ -162,3 +162,16 @@ def test_rasterize_vector_labels_in_another_crs():
         rasterize_labels(polys, target, class_field="class_name", classes=classes)
     with pytest.raises(LabelError, match="'water'"):
         rasterize_labels(polys, target, class_field="label", classes=classes[:1])
+
+
+def test_stackstac_engine_matches_odc(tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.normal(100, 5, (1, 40, 50)).astype(np.float32)
+    item = make_item(tmp_path, "single", data, crs=UTM, transform=T, asset="red", band_names=["red"])
+    a = load_cube([item], bands=["red"], engine="odc")
+    b = load_cube([item], bands=["red"], engine="stackstac")
+    assert a.dims == b.dims == ("time", "band", "y", "x")
+    assert b.odc.geobox.crs.epsg == 32617 and b.shape == a.shape == (1, 1, 40, 50)
+    assert np.allclose(a.values, data[None]) and np.allclose(b.values, data[None])
+    with pytest.raises(AssetNotFoundError):
+        load_cube([item], bands=["nir"], engine="stackstac")

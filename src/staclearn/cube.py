@@ -185,11 +185,18 @@ def _load_stackstac(
     from rasterio.enums import Resampling
 
     _check_overlap(items, bbox)
+    missing = [b for b in bands or [] if b not in items[0].assets]
+    if missing:
+        raise AssetNotFoundError(
+            f"Asset(s) {missing} not found in Item {items[0].id!r}; it has {sorted(items[0].assets)}. "
+            "stackstac loads one band per asset: pass asset keys (or use engine='odc' for band names)."
+        )
     kw: dict[str, Any] = {}
     if geobox is not None:
         kw["epsg"] = geobox.crs.epsg
         kw["resolution"] = abs(geobox.resolution.x)
         kw["bounds"] = tuple(geobox.boundingbox)
+        kw["snap_bounds"] = False
     else:
         if crs is not None:
             kw["epsg"] = int(str(crs).split(":")[-1])
@@ -197,14 +204,31 @@ def _load_stackstac(
             kw["resolution"] = resolution
         if bbox is not None:
             kw["bounds_latlon"] = tuple(bbox)
+    if "epsg" not in kw:  # stackstac reads proj:epsg (projection v1) only; STAC 1.1 Items carry proj:code
+        codes = [
+            str(d.get("proj:code") or d.get("proj:epsg") or "")
+            for d in (items[0].properties, *(a.extra_fields for a in items[0].assets.values()))
+        ]
+        epsgs = [c.split(":")[-1] for c in codes if c and c.split(":")[-1].isdigit()]
+        if epsgs:
+            kw["epsg"] = int(epsgs[0])
+    if geobox is None and crs is None and resolution is None and bbox is None:
+        # native grid from proj:transform/proj:shape (stackstac only reads them beside proj:epsg)
+        native = odc_native_geobox(items[0])
+        if native is not None:
+            kw["resolution"] = abs(native.resolution.x)
+            kw["bounds"] = tuple(native.boundingbox)
+            kw["snap_bounds"] = False
     try:
         arr = stackstac.stack(
             items,
             assets=list(bands) if bands is not None else None,
             chunksize=max(chunks.values()),
             dtype=np.dtype(dtype or "float64"),
+            fill_value=np.float32(np.nan) if np.dtype(dtype or "float64").kind == "f" else 0,
             resampling=Resampling[resampling],
             xy_coords="center",
+            rescale=False,  # like odc-stac: raw values, no raster:bands scale/offset
             **kw,
         )
     except KeyError as err:
@@ -218,6 +242,17 @@ def _load_stackstac(
     arr.attrs = {"nodata": float("nan")}
     arr.name = "cube"
     return arr
+
+
+def odc_native_geobox(item: pystac.Item) -> GeoBox | None:
+    """The native GeoBox of an Item's first band, as odc-stac reads it from proj metadata."""
+    import odc.stac
+
+    try:
+        parsed = odc.stac.parse_item(item)
+        return parsed.geoboxes()[0] if parsed.geoboxes() else None
+    except Exception:  # noqa: BLE001 - Items without proj metadata have no native grid
+        return None
 
 
 def valid_mask(image: np.ndarray, nodata: float | None) -> np.ndarray:
