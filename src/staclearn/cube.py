@@ -18,6 +18,7 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from staclearn.errors import AssetNotFoundError, NoItemsFoundError, NoOverlapError
+from staclearn.search import bbox_intersects
 
 __all__ = ["load_cube", "band_names", "valid_mask"]
 
@@ -117,7 +118,7 @@ def _check_overlap(items: list[pystac.Item], bbox: Sequence[float] | None) -> No
         return
     for item in items:
         b = item.bbox
-        if b is not None and not (b[0] > bbox[2] or b[2] < bbox[0] or b[1] > bbox[3] or b[3] < bbox[1]):
+        if b is not None and bbox_intersects(b, bbox):
             return
     raise NoOverlapError(
         f"bbox {list(bbox)} (west, south, east, north, degrees) misses every Item "

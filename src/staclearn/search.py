@@ -21,7 +21,7 @@ from pystac.utils import str_to_datetime
 
 from staclearn.errors import CatalogNotFoundError, NoItemsFoundError
 
-__all__ = ["open_items", "item_time_range"]
+__all__ = ["open_items", "item_time_range", "bbox_intersects"]
 
 Modifier = Callable[[Any], Any]
 BBox = tuple[float, float, float, float]
@@ -89,6 +89,11 @@ def item_time_range(item: pystac.Item) -> tuple[_dt, _dt]:
     return start, end
 
 
+def bbox_intersects(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two ``(west, south, east, north)`` boxes intersect (edges touching counts)."""
+    return not (a[0] > b[2] or a[2] < b[0] or a[1] > b[3] or a[3] < b[1])
+
+
 def _matches(
     item: pystac.Item,
     bbox: BBox | None,
@@ -103,8 +108,7 @@ def _matches(
     if bbox is not None:
         if item.bbox is None:
             return False
-        ib = item.bbox
-        if ib[0] > bbox[2] or ib[2] < bbox[0] or ib[1] > bbox[3] or ib[3] < bbox[1]:
+        if not bbox_intersects(item.bbox, bbox):
             return False
     start, end = time_range
     if start is not None or end is not None:
