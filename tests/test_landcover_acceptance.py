@@ -16,7 +16,6 @@ import pytest
 import rasterio
 
 from staclearn.landcover import LandCoverConfig, run_landcover
-from staclearn.labels import IGNORE_INDEX
 from staclearn.validate import validate, validate_catalog
 
 pytestmark = pytest.mark.realdata

@@ -108,9 +108,6 @@ def test_label_raster_in_another_crs_is_aligned(tmp_path):
     target = GeoBox((40, 50), T, UTM)
     # the label raster is in WGS84 degrees at ~10 m: reprojected with nearest resampling
     fine = GeoBox.from_bbox(target.extent.to_crs("EPSG:4326").boundingbox, "EPSG:4326", resolution=0.0001)
-    from odc.geo.xr import xr_zeros
-
-    grid = xr_zeros(fine, dtype="float32")
     xy = fine.coordinates
     lon, lat = np.meshgrid(xy["longitude"].values, xy["latitude"].values)
     from pyproj import Transformer

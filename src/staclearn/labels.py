@@ -261,7 +261,7 @@ def rasterize_labels(
             f"(values {[c.value for c in classes]}, names {[c.name for c in classes]})."
         )
     gdf = gdf[~gdf.geometry.is_empty & gdf.geometry.notna()].to_crs(geobox.crs.to_wkt())
-    shapes = ((geom, lookup[v]) for geom, v in zip(gdf.geometry, gdf[class_field]))
+    shapes = ((geom, lookup[v]) for geom, v in zip(gdf.geometry, gdf[class_field], strict=True))
     out = rasterize(
         shapes,
         out_shape=geobox.shape.yx,

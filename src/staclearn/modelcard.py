@@ -120,7 +120,7 @@ def model_card(
                     "pixels replaced by the band mean."
                 ),
                 "value_scaling": [
-                    {"type": "z-score", "mean": float(m), "stddev": float(s)} for m, s in zip(spec.mean, spec.std)
+                    {"type": "z-score", "mean": float(m), "stddev": float(s)} for m, s in zip(spec.mean, spec.std, strict=True)
                 ],
                 "resize_type": None,
             }

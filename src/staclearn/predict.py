@@ -130,9 +130,9 @@ def predict_class_map(
     for batch in _batches(_tiles((h, w), core), batch_size):
         tiles = [_read_tile(image, ys, xs, padding, size) for ys, xs in batch]
         oks = [valid_mask(t, nodata) for t in tiles]
-        x = np.stack([np.where(ok[None], t, fill) for t, ok in zip(tiles, oks)])
+        x = np.stack([np.where(ok[None], t, fill) for t, ok in zip(tiles, oks, strict=True)])
         pred = model(torch.from_numpy(x).to(dev)).argmax(1).cpu().numpy()
-        for (ys, xs), p, ok in zip(batch, pred, oks):
+        for (ys, xs), p, ok in zip(batch, pred, oks, strict=True):
             hh, ww = ys.stop - ys.start, xs.stop - xs.start
             core_pred = lut[p[padding : padding + hh, padding : padding + ww]]
             core_ok = ok[padding : padding + hh, padding : padding + ww]
