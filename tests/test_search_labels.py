@@ -172,3 +172,14 @@ def test_stackstac_engine_matches_odc(tmp_path):
     assert np.allclose(a.values, data[None]) and np.allclose(b.values, data[None])
     with pytest.raises(AssetNotFoundError):
         load_cube([item], bands=["nir"], engine="stackstac")
+
+
+def test_indices_and_values_round_trip():
+    from staclearn.labels import indices_to_values, values_to_indices
+
+    classes = [ClassInfo(1, "a"), ClassInfo(5, "b"), ClassInfo(7, "c")]
+    raw = np.array([[1, 5, 7], [-99999, 3, 5]], dtype=np.float32)
+    idx = values_to_indices(raw, classes, nodata=-99999)
+    assert idx.tolist() == [[0, 1, 2], [IGNORE_INDEX, IGNORE_INDEX, 1]]
+    assert indices_to_values(idx, classes).tolist() == [[1, 5, 7], [255, 255, 5]]
+    assert indices_to_values(idx, classes, nodata=0).tolist() == [[1, 5, 7], [0, 0, 5]]

@@ -28,6 +28,7 @@ __all__ = [
     "load_label_raster",
     "rasterize_labels",
     "values_to_indices",
+    "indices_to_values",
 ]
 
 IGNORE_INDEX = 255
@@ -130,6 +131,30 @@ def values_to_indices(
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
         out[values == nodata] = ignore_index
     return out
+
+
+def indices_to_values(
+    indices: np.ndarray,
+    classes: Sequence[ClassInfo],
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    nodata: int = IGNORE_INDEX,
+) -> np.ndarray:
+    """Map class indices back to class values (the inverse of :func:`values_to_indices`).
+
+    Args:
+        indices: uint8 class indices ``0..K-1`` or ``ignore_index``, any shape.
+        classes: the classes, index ``i`` = ``classes[i]``.
+        ignore_index: index of unlabelled / nodata pixels.
+        nodata: value written where ``indices == ignore_index``.
+
+    Returns:
+        uint8 array of class values, ``nodata`` where ignored.
+    """
+    lut = np.full(256, nodata, dtype=np.uint8)
+    lut[: len(classes)] = [c.value for c in classes]
+    lut[ignore_index] = nodata
+    return lut[np.asarray(indices, dtype=np.uint8)]
 
 
 def _footprint_overlaps(item: pystac.Item, geobox: GeoBox) -> bool:

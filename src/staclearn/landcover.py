@@ -30,7 +30,7 @@ from staclearn.chips import TRAIN, VALID, ChipDataset, band_statistics, block_sp
 from staclearn.cube import load_cube, valid_mask
 from staclearn.errors import NoItemsFoundError
 from staclearn.evaluate import ClassificationMetrics, compute_metrics, random_forest_baseline, write_report
-from staclearn.labels import IGNORE_INDEX, load_label_raster
+from staclearn.labels import IGNORE_INDEX, indices_to_values, load_label_raster
 from staclearn.modelcard import model_card
 from staclearn.models import build_model, save_weights
 from staclearn.predict import CLASS_MAP_NODATA, predict_class_map, write_cog
@@ -268,7 +268,7 @@ def run_landcover(
     values = np.asarray([c.value for c in classes], dtype=np.uint8)
     names = [c.name for c in classes]
     held_out = (split == VALID) & (labels != IGNORE_INDEX)
-    reference = np.where(held_out, values[np.minimum(labels, len(values) - 1)], IGNORE_INDEX).astype(np.uint8)
+    reference = np.where(held_out, indices_to_values(labels, classes), IGNORE_INDEX).astype(np.uint8)
     metrics = {"unet": compute_metrics(reference, class_map.values, values.tolist(), names)}
     if config.rf_estimators > 0:
         t3 = time.perf_counter()
@@ -276,7 +276,7 @@ def run_landcover(
         rf_idx = random_forest_baseline(
             image, labels, train_mask, nodata_mask=~ok, n_estimators=config.rf_estimators, seed=config.seed
         )
-        rf_map = np.where(rf_idx == IGNORE_INDEX, CLASS_MAP_NODATA, values[np.minimum(rf_idx, len(values) - 1)]).astype(np.uint8)
+        rf_map = indices_to_values(rf_idx, classes, nodata=CLASS_MAP_NODATA)
         metrics["random_forest"] = compute_metrics(reference, rf_map, values.tolist(), names)
         write_cog(class_map.copy(data=rf_map), out / "baseline_rf.tif")
         timings["random_forest"] = time.perf_counter() - t3
