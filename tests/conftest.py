@@ -11,6 +11,8 @@ import numpy as np
 import pystac
 import pytest
 
+from fixtures_stac_api import transactions_api  # noqa: F401  (fixture)
+
 if TYPE_CHECKING:
     from affine import Affine
 

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import geopandas as gpd
 import numpy as np
 import pystac
 import pytest
@@ -52,8 +53,6 @@ def test_metrics_json_has_every_class_in_the_split(nc_run):
     report = json.loads((result.out_dir / "evaluation.json").read_text())
     unet, rf = report["models"]["unet"], report["models"]["random_forest"]
     # independent count of held-out labelled pixels: labelled pixels that are not in training chips
-    import geopandas as gpd
-
     index = gpd.read_parquet(result.out_dir / "chips" / "chips.parquet")
     assert set(index.split) == {"train", "valid"}
     support = {k: v for k, v in unet["support"].items() if v > 0}
@@ -74,20 +73,28 @@ def test_metrics_json_has_every_class_in_the_split(nc_run):
 def test_published_items_load_and_validate(nc_run):
     result, shared = nc_run
     cat = pystac.Catalog.from_file(str(result.catalog))
-    items = {i.id: i for i in cat.get_items()}
+    items = {i.id: i for i in cat.get_items(recursive=True)}
     card = items["nc-model"]
     pred = items["nc-class-map"]
     assert card.properties["mlm:input"][0]["bands"] == ["b1", "b2", "b3", "b4", "b5"]
     assert len(card.properties["mlm:input"][0]["value_scaling"]) == 5
     assert [c["name"] for c in card.properties["mlm:output"][0]["classification:classes"]][:2] == ["developed", "agriculture"]
     assert card.assets["weights"].get_absolute_href().endswith("weights.safetensors")
-    assert pred.assets["class_map"].href == "../class_map.tif"  # relative href
+    assert pred.assets["class_map"].href == "../../class_map.tif"  # relative href
+    assert pred.collection_id == card.collection_id == "nc"
+    # the card's time is that of its training data (MLM best practice), not the training run
+    assert card.datetime is None and card.properties["start_datetime"].startswith("1996-")  # labels
+    assert card.properties["end_datetime"].startswith("2000-")  # imagery
+    chips = cat.get_child("nc-chips")
+    n_chips = len(gpd.read_parquet(result.out_dir / "chips" / "chips.parquet"))
+    assert chips.summaries.get_list("staclearn:chip_count") == [n_chips]
+    assert chips.assets["index"].href == "../chips/chips.parquet"
     derived = [link.get_absolute_href() for link in pred.links if link.rel == "derived_from"]
     assert any(h.endswith("nc-landsat7-2000.json") for h in derived)
     assert any(h.endswith("nc-model.json") for h in derived)
     assert pred.properties["proj:code"] == "EPSG:32119" and pred.properties["proj:shape"] == [443, 489]
     n = validate_catalog(result.catalog, shared / "schemas")
-    assert n == 3
+    assert n == 5  # catalog, run collection, chips collection, card, prediction
     # validate the JSON as written (pystac migrates classification v1.1.0 -> v2.0.0 on read)
     report = validate(json.loads(open(card.get_self_href()).read()), shared / "schemas")
     assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in report.validated
@@ -113,7 +120,7 @@ def test_predict_from_the_model_card_alone(nc_run, tmp_path):
     from conftest import NC_CATALOG
 
     result, _ = nc_run
-    card_src = result.out_dir / "nc-model" / "nc-model.json"
+    card_src = result.out_dir / "nc" / "nc-model" / "nc-model.json"
     shutil.copy(card_src, tmp_path / "card.json")
     card = json.loads(card_src.read_text())
     weights = (card_src.parent / card["assets"]["weights"]["href"]).resolve()
@@ -130,7 +137,7 @@ def test_predict_from_the_model_card_alone(nc_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     with rasterio.open(out / "class_map.tif") as a, rasterio.open(result.class_map) as b:
         assert np.array_equal(a.read(1), b.read(1))
-    item = pystac.Item.from_file(str(out / "pred-class-map" / "pred-class-map.json"))
+    item = pystac.Item.from_file(str(out / "pred" / "pred-class-map" / "pred-class-map.json"))
     assert any(link.rel == "derived_from" and link.href.endswith("card.json") for link in item.links)
 
 
@@ -139,7 +146,7 @@ def test_pickle_weights_in_a_card_are_refused(nc_run, tmp_path):
     from staclearn.modelcard import load_model
 
     result, _ = nc_run
-    card = json.loads((result.out_dir / "nc-model" / "nc-model.json").read_text())
+    card = json.loads((result.out_dir / "nc" / "nc-model" / "nc-model.json").read_text())
     import pickle
 
     class Payload:

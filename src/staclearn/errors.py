@@ -73,3 +73,45 @@ class ValidationError(StaclearnError, ValueError):
 
 class ConfigError(StaclearnError, ValueError):
     """An argument value is out of range or inconsistent with another one."""
+
+
+class PublishError(StaclearnError, OSError):
+    """Outputs cannot be published to the target (read-only location, missing asset file,
+    or a STAC API that refuses the request)."""
+
+
+class FootprintsNotFoundError(StaclearnError, FileNotFoundError):
+    """A footprint (building polygon) file, or the label file of a tile, does not exist."""
+
+
+class FieldNotFoundError(LabelError, KeyError):
+    """A table lacks a field it must have (an id field, a class-value field, a tile field)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DuplicateIdError(LabelError):
+    """Footprint ids are not unique, so predictions could not be joined back to footprints."""
+
+
+class ImageryNotFoundError(StaclearnError, FileNotFoundError):
+    """An image file (or the image asset of an Item) does not exist or cannot be opened."""
+
+
+class StaclearnWarning(UserWarning):
+    """Base class of every warning staclearn emits."""
+
+
+class FootprintWarning(StaclearnWarning):
+    """Footprints kept but not used: empty geometry, outside the imagery, excluded class."""
+
+
+__all__ += [
+    "FootprintsNotFoundError",
+    "FieldNotFoundError",
+    "DuplicateIdError",
+    "ImageryNotFoundError",
+    "StaclearnWarning",
+    "FootprintWarning",
+]

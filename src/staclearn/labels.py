@@ -52,10 +52,11 @@ class ClassInfo:
     description: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The STAC ``classification:classes`` Class Object of this class."""
-        d: dict[str, Any] = {"value": int(self.value), "name": self.name}
-        if self.description:
-            d["description"] = self.description
+        """The STAC ``classification:classes`` Class Object of this class.
+
+        Classification v1.1.0 requires ``description``; the name stands in when there is none.
+        """
+        d: dict[str, Any] = {"value": int(self.value), "name": self.name, "description": self.description or self.name}
         if self.color_hint:
             d["color_hint"] = self.color_hint.lstrip("#").upper()
         return d

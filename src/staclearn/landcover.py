@@ -34,7 +34,7 @@ from staclearn.labels import IGNORE_INDEX, indices_to_values, load_label_raster
 from staclearn.modelcard import model_card
 from staclearn.models import build_model, save_weights
 from staclearn.predict import CLASS_MAP_NODATA, predict_class_map, write_cog
-from staclearn.publish import class_map_item, geobox_geometry, write_catalog
+from staclearn.publish import chips_collection, class_map_item, geobox_geometry, write_catalog
 from staclearn.search import open_items
 from staclearn.train import EpochRecord, Trainer
 
@@ -327,7 +327,9 @@ def run_landcover(
         "confusion_matrix",
         pystac.Asset(str(png_path.resolve()), media_type=pystac.MediaType.PNG, roles=["overview"], title="Confusion matrices"),
     )
-    write_catalog([card, prediction], out, id=f"{out.resolve().name}", description="staclearn land-cover run")
+    run_id = out.resolve().name
+    chips = chips_collection(index_path, id=f"{run_id}-chips", source_items=[*imagery, label_item])
+    write_catalog([card, prediction], out, id=run_id, description="staclearn land-cover run", children=[chips])
     timings["total"] = time.perf_counter() - t0
     _write_json(out / "timings.json", timings)
     return LandCoverResult(

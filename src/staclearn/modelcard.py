@@ -22,13 +22,13 @@ import torch
 
 from staclearn.errors import ModelCardError
 from staclearn.models import ModelSpec, SegmentationModel, load_weights
-from staclearn.publish import unsigned_href
+from staclearn.publish import FsspecStacIO, unsigned_href
 
 __all__ = ["MLM_SCHEMA", "CLASSIFICATION_SCHEMA", "model_card", "spec_from_card", "load_model", "WEIGHTS_ASSET"]
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
 CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
-EO_SCHEMA = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
+RASTER_SCHEMA = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 WEIGHTS_ASSET = "weights"
 SAFETENSORS_MEDIA_TYPE = "application/octet-stream; application=safetensors"
 
@@ -60,7 +60,8 @@ def model_card(
         weights_href: href of the safetensors weights (relative hrefs are resolved against
             the card when it is saved).
         id: Item id.
-        geometry: GeoJSON geometry (WGS84) of the training area; default: none (null).
+        geometry: GeoJSON geometry (WGS84) of the training area; default: the union of the
+            training Items' geometries (null without training Items).
         bbox: bbox of ``geometry``.
         tile_size: input tile edge in pixels, written into ``mlm:input`` shape.
         hyperparameters: training settings (epochs, lr, batch size, ...) for
@@ -74,7 +75,7 @@ def model_card(
         input_description: how the input is built (e.g. how two dates are stacked).
 
     Returns:
-        A STAC 1.1 Item with the MLM v1.5.2 and classification v1.1.0 extensions.
+        A STAC 1.1 Item with the MLM v1.5.2, classification v1.1.0 and raster v1.1.0 extensions.
     """
     spec = model.spec
     n_params = sum(p.numel() for p in model.parameters())
@@ -101,9 +102,6 @@ def model_card(
         "mlm:accelerator": None,
         "mlm:accelerator_constrained": False,
         "mlm:accelerator_summary": "Runs on CPU, CUDA or Apple MPS (device chosen at run time).",
-        # MLM requires the input bands described by eo, raster or STAC 1.1 bands; pystac 1.15
-        # writes no STAC 1.1 'bands', so eo:bands it is
-        "eo:bands": [{"name": b} for b in spec.bands],
         "mlm:input": [
             {
                 "name": input_name or f"{len(spec.bands)}-band imagery",
@@ -143,9 +141,20 @@ def model_card(
     }
     if metrics:
         props["staclearn:metrics"] = dict(metrics)
-    now = datetime.now(timezone.utc)
-    item = pystac.Item(id=id, geometry=geometry, bbox=list(bbox) if bbox else None, datetime=now, properties=props)
-    item.stac_extensions = [MLM_SCHEMA, CLASSIFICATION_SCHEMA, EO_SCHEMA]
+    # MLM best practice: the card's time is the time range of its training data
+    from staclearn.search import item_time_range
+
+    when: datetime | None = datetime.now(timezone.utc)
+    if training_items:
+        ranges = [item_time_range(i) for i in training_items]
+        start, end = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        when = None
+        props["start_datetime"] = start.isoformat().replace("+00:00", "Z")
+        props["end_datetime"] = end.isoformat().replace("+00:00", "Z")
+    if geometry is None and training_items:
+        geometry, bbox = _union_geometry(training_items)
+    item = pystac.Item(id=id, geometry=geometry, bbox=list(bbox) if bbox else None, datetime=when, properties=props)
+    item.stac_extensions = [MLM_SCHEMA, CLASSIFICATION_SCHEMA, RASTER_SCHEMA]
     item.add_asset(
         WEIGHTS_ASSET,
         pystac.Asset(
@@ -153,7 +162,12 @@ def model_card(
             media_type=SAFETENSORS_MEDIA_TYPE,
             roles=["mlm:model", "mlm:weights", "data"],
             title=f"{spec.architecture} {spec.encoder} weights (safetensors)",
-            extra_fields={"mlm:artifact_type": "safetensors"},
+            # MLM requires named input bands described by eo, raster or STAC 1.1 bands; raster:bands
+            # on the model asset is the MLM spec's own example and its schema is available offline
+            extra_fields={
+                "mlm:artifact_type": "safetensors",
+                "raster:bands": [{"name": b, "data_type": "float32"} for b in spec.bands],
+            },
         ),
     )
     for src in training_items:
@@ -161,6 +175,17 @@ def model_card(
         if href:
             item.add_link(pystac.Link("derived_from", unsigned_href(href), pystac.MediaType.JSON, title=f"training data: {src.id}"))
     return item
+
+
+def _union_geometry(items: Sequence[pystac.Item]) -> tuple[dict[str, Any] | None, list[float] | None]:
+    from shapely.geometry import mapping, shape
+    from shapely.ops import unary_union
+
+    shapes = [shape(i.geometry) for i in items if i.geometry]
+    if not shapes:
+        return None, None
+    union = unary_union(shapes)
+    return dict(mapping(union)), list(union.bounds)
 
 
 def spec_from_card(card: pystac.Item | Mapping[str, Any]) -> ModelSpec:
@@ -226,7 +251,17 @@ def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel:
         ModelCardError: the card has no ``mlm:model`` asset or lacks MLM fields.
         UnsafeWeightsError: the weights are not safetensors.
     """
-    item = card if isinstance(card, pystac.Item) else pystac.Item.from_file(os.fspath(card))
+    if isinstance(card, pystac.Item):
+        item = card
+    else:
+        href = os.fspath(card)
+        try:
+            item = pystac.Item.from_file(href, stac_io=FsspecStacIO())
+        except (OSError, ValueError) as err:
+            raise ModelCardError(
+                f"Model card {href!r} cannot be read ({err}); pass the path or URL of the MLM card "
+                "Item JSON (e.g. runs/nc/<run>/<run>-model/<run>-model.json)."
+            ) from err
     spec = spec_from_card(item)
     assets = [a for a in item.assets.values() if "mlm:model" in (a.roles or [])]
     if not assets:

@@ -10,7 +10,8 @@ any query string) are stripped before anything is written.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,19 @@ from pystac.utils import make_relative_href
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
+from staclearn.errors import PublishError
 from staclearn.labels import ClassInfo
 
-__all__ = ["unsigned_href", "class_map_item", "write_catalog", "geobox_geometry"]
+__all__ = [
+    "unsigned_href",
+    "geobox_geometry",
+    "class_map_item",
+    "write_catalog",
+    "api_items",
+    "chips_collection",
+    "publish_to_api",
+    "FsspecStacIO",
+]
 
 PROJ_SCHEMA = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 RASTER_SCHEMA = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
@@ -171,52 +182,362 @@ def class_map_item(
     return item
 
 
-def write_catalog(
-    items: Sequence[pystac.Item],
-    out_dir: str | os.PathLike[str],
-    *,
-    id: str = "staclearn-run",
-    description: str = "Outputs of a staclearn run",
-) -> pystac.Catalog:
-    """Write Items into a self-contained static catalog with relative hrefs.
+GEOPARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 
-    Asset files are expected inside ``out_dir`` already (their hrefs become relative). Each
-    JSON is written to a temporary name and renamed (pystac's writer is wrapped), so an
-    interrupted run leaves no truncated Item.
+
+def chips_collection(
+    index_path: str | os.PathLike[str],
+    *,
+    id: str,
+    source_items: Sequence[pystac.Item],
+    description: str = "Training chips exported by staclearn",
+    license: str = "other",
+) -> pystac.Collection:
+    """Describe an exported chip set as a STAC Collection.
+
+    The chips themselves stay GeoTIFFs listed in the GeoParquet index (one row per chip with
+    its GeoBox, split and files); the Collection carries the index as its ``index`` asset,
+    the chips' extent (WGS84 union of chip footprints; time range of the source Items),
+    ``summaries`` of the split, and ``derived_from`` links to the source Items.
 
     Args:
-        items: Items to add (model card, predictions...).
-        out_dir: catalog root folder; ``catalog.json`` is written there, each Item in
-            ``<item id>/<item id>.json``.
-        id: catalog id.
-        description: catalog description.
+        index_path: the ``chips.parquet`` written by :func:`staclearn.chips.export_chips`.
+        id: Collection id.
+        source_items: imagery and label Items the chips were cut from.
+        description: Collection description.
+        license: licence of the chips (that of the source data).
 
     Returns:
-        The saved catalog.
+        The Collection (not saved; pass it to :func:`write_catalog` ``children``).
     """
-    out = Path(out_dir).resolve()
-    cat = pystac.Catalog(id=id, description=description)
-    for item in items:
-        for asset in item.assets.values():
-            if not asset.href.startswith(("http://", "https://")) and not os.path.isabs(asset.href):
-                asset.href = str((out / asset.href).resolve())
-        cat.add_item(item)
-    cat.normalize_hrefs(str(out))
-    cat.make_all_asset_hrefs_relative()
-    for item in items:  # derived_from links between Items of this catalog become relative
-        for link in item.links:
-            if link.rel == "derived_from" and isinstance(link.target, pystac.Item) and link.target in items:
-                link.target = make_relative_href(link.target.get_self_href(), item.get_self_href())
-    cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, stac_io=_AtomicStacIO())
-    return cat
+    import geopandas as gpd
+
+    from staclearn.search import item_time_range
+
+    index = gpd.read_parquet(index_path)
+    bounds = index.to_crs("EPSG:4326").total_bounds.tolist() if len(index) else [-180.0, -90.0, 180.0, 90.0]
+    times = [item_time_range(i) for i in source_items]
+    interval = [min(t[0] for t in times), max(t[1] for t in times)] if times else [None, None]
+    col = pystac.Collection(
+        id=id,
+        description=description,
+        extent=pystac.Extent(pystac.SpatialExtent([bounds]), pystac.TemporalExtent([interval])),
+        license=license,
+    )
+    counts = index["split"].value_counts().to_dict() if "split" in index else {}
+    col.summaries = pystac.Summaries({"staclearn:split": sorted(counts), "staclearn:chip_count": [int(len(index))]})
+    col.add_asset(
+        "index",
+        pystac.Asset(
+            href=str(Path(index_path).resolve()),
+            media_type=GEOPARQUET_MEDIA_TYPE,
+            roles=["data"],
+            title="Chip index (GeoParquet): chip GeoBox, split, image and label files",
+            extra_fields={"staclearn:chips": {k: int(v) for k, v in counts.items()}},
+        ),
+    )
+    for src in source_items:
+        href = src.get_self_href()
+        if href:
+            col.add_link(pystac.Link("derived_from", unsigned_href(href), pystac.MediaType.JSON, title=f"source: {src.id}"))
+    return col
 
 
-class _AtomicStacIO(pystac.stac_io.DefaultStacIO):
+def _is_url(href: str) -> bool:
+    return "://" in href and not href.startswith("file://")
+
+
+def _local(href: str) -> str:
+    return href.removeprefix("file://")
+
+
+class FsspecStacIO(pystac.stac_io.DefaultStacIO):
+    """pystac reader/writer for local paths and any fsspec URL (``memory://``, ``s3://``,
+    ``gs://``, ``az://``...).
+
+    Local files are written to a temporary name and renamed, so an interrupted run never
+    leaves a truncated JSON that looks complete; object stores write whole objects anyway.
+    http(s) hrefs are read with pystac's default reader.
+    """
+
+    def read_text_from_href(self, href: str) -> str:
+        if _is_url(href) and not href.startswith(("http://", "https://")):
+            import fsspec
+
+            with fsspec.open(href, "r", encoding="utf-8") as f:
+                return str(f.read())
+        return super().read_text_from_href(href)
+
     def write_text_to_href(self, href: str, txt: str) -> None:
-        if href.startswith(("http://", "https://")) or "://" in href:
-            return super().write_text_to_href(href, txt)
-        path = Path(href)
+        if _is_url(href):
+            if href.startswith(("http://", "https://")):
+                raise PublishError(
+                    f"Cannot write {href}: http(s) locations are read-only. Publish into a STAC API "
+                    "with publish_to_api(), or write to a local folder or an object-store URL."
+                )
+            import fsspec
+
+            with fsspec.open(href, "w", encoding="utf-8") as f:
+                f.write(txt)
+            return
+        path = Path(_local(href))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(txt, encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _copy_file(src: str, dst: str) -> None:
+    """Copy a local file to a local path (atomically) or an fsspec URL."""
+    import fsspec
+
+    if _is_url(dst):
+        with open(src, "rb") as fi, fsspec.open(dst, "wb") as fo:
+            shutil.copyfileobj(fi, fo)
+        return
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst + ".tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _join(root: str, rel: str) -> str:
+    return f"{root.rstrip('/')}/{rel}" if _is_url(root) else str(Path(root) / rel)
+
+
+def _strip_secrets(item: pystac.Item) -> None:
+    """Unsign every asset and link href of ``item`` (in place)."""
+    for asset in item.assets.values():
+        asset.href = unsigned_href(asset.href)
+    for link in item.links:
+        if isinstance(link.target, str):
+            link.target = unsigned_href(link.target)
+
+
+def write_catalog(
+    items: Sequence[pystac.Item],
+    target: str | os.PathLike[str],
+    *,
+    id: str = "staclearn-run",
+    description: str = "Outputs of a staclearn run",
+    collection_id: str | None = None,
+    license: str = "other",
+    asset_root: str | os.PathLike[str] | None = None,
+    children: Sequence[pystac.Collection] = (),
+) -> pystac.Catalog:
+    """Write Items into a self-contained static catalog: ``catalog.json`` → one Collection
+    (``<collection_id>/collection.json``) → ``<collection_id>/<item id>/<item id>.json``.
+
+    ``target`` is a local folder or any fsspec URL (``memory://``, ``s3://bucket/prefix``,
+    ``file:///...``). Asset files that are local and not already under ``target`` are copied
+    there, so the catalog stands on its own: under ``asset_root`` they keep their relative
+    path, elsewhere they go next to their Item. All hrefs in the catalog are relative. Every
+    href is unsigned first (query strings such as Planetary Computer SAS tokens are dropped)
+    so no secret is published. Local JSON and copied files are written to a temporary name
+    and renamed, so an interrupted run leaves no truncated output.
+
+    Args:
+        items: Items to publish (model card, predictions...). Their ``collection`` is set.
+        target: catalog root folder or fsspec URL.
+        id: catalog id.
+        description: catalog and collection description.
+        collection_id: id of the Collection; default ``id``.
+        license: SPDX id or ``"other"`` for the Collection (the source data's licence rules).
+        asset_root: local folder the Items' asset files are laid out under; default:
+            ``target`` when it is local.
+        children: further Collections to list in the root catalog (e.g. the chip index from
+            :func:`chips_collection`); their assets are placed like the Items'.
+
+    Returns:
+        The saved root catalog.
+
+    Raises:
+        PublishError: ``target`` is an http(s) URL (read-only; use :func:`publish_to_api`).
+    """
+    root = os.fspath(target)
+    if root.startswith(("http://", "https://")):
+        raise PublishError(
+            f"Cannot write a static catalog to {root}: http(s) is read-only. Use publish_to_api() "
+            "for a STAC API, or a local folder / object-store URL (s3://, gs://, az://, memory://)."
+        )
+    if not _is_url(root):
+        root = str(Path(_local(root)).resolve())
+    base = Path(asset_root).resolve() if asset_root is not None else (None if _is_url(root) else Path(root))
+    cat = pystac.Catalog(id=id, description=description)
+    cid = collection_id or id
+
+    def place(owner: str, folder: str, assets: Mapping[str, pystac.Asset]) -> None:
+        for key, asset in assets.items():
+            asset.href = unsigned_href(asset.get_absolute_href() or asset.href)
+            href = _local(asset.href)
+            if _is_url(href):
+                continue
+            src = Path(href if os.path.isabs(href) else (base or Path.cwd()) / href).resolve()
+            inside = base is not None and src.is_relative_to(base)
+            rel = src.relative_to(base).as_posix() if inside else f"{folder}/{src.name}"
+            dst = _join(root, rel)
+            if not (inside and not _is_url(root) and base == Path(root)):
+                if not src.is_file():
+                    raise PublishError(
+                        f"Asset {key!r} of {owner!r} points to {src}, which does not exist; "
+                        "write the file before publishing or fix the href."
+                    )
+                _copy_file(str(src), dst)
+            asset.href = dst
+
+    for item in items:
+        _strip_secrets(item)
+        place(item.id, f"{cid}/{item.id}", item.assets)
+        item.collection_id = cid
+    for child in children:
+        place(child.id, child.id, child.assets)
+        for link in child.links:
+            if link.rel == "derived_from" and isinstance(link.target, str):
+                link.target = unsigned_href(link.target)
+        cat.add_child(child)
+    extent = pystac.Extent.from_items(items) if items else pystac.Extent(
+        pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]), pystac.TemporalExtent([[None, None]])
+    )
+    col = pystac.Collection(id=cid, description=description, extent=extent, license=license)
+    cat.add_child(col)
+    col.add_items(items)
+    cat.normalize_hrefs(root)
+    cat.make_all_asset_hrefs_relative()
+    for child in children:
+        child.make_all_asset_hrefs_relative()
+    for item in items:  # derived_from links between Items of this catalog become relative
+        for link in item.links:
+            if link.rel == "derived_from" and isinstance(link.target, pystac.Item) and link.target in items:
+                link.target = make_relative_href(link.target.get_self_href(), item.get_self_href())
+    cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, stac_io=FsspecStacIO())
+    return cat
+
+
+def api_items(
+    items: Sequence[pystac.Item],
+    collection_id: str,
+    *,
+    api_url: str | None = None,
+) -> list[dict[str, Any]]:
+    """Item dicts ready for a STAC API: absolute, unsigned hrefs and no structural links.
+
+    Asset and link hrefs are made absolute against each Item's self href, local files as
+    ``file://`` URIs (publish assets to a place API users can reach first, e.g. with
+    :func:`write_catalog` to ``s3://...``). ``self``/``root``/``parent``/``collection``
+    links are dropped (the API writes its own). ``derived_from`` links between Items of
+    ``items`` point to ``{api_url}/collections/{collection_id}/items/{id}`` when
+    ``api_url`` is given, so a prediction's model card resolves through the API.
+
+    Args:
+        items: Items (e.g. from :func:`write_catalog` or ``pystac.Item.from_file``).
+        collection_id: Collection the Items go into.
+        api_url: root URL of the STAC API they will be served from, if known.
+
+    Returns:
+        One JSON-ready dict per Item, in order (write them as ndjson for ``pypgstac load``).
+    """
+    ids = {i.id for i in items}
+    out = []
+    for item in items:
+        d = item.to_dict(include_self_link=False, transform_hrefs=True)
+        self_href = item.get_self_href()
+        for asset in d.get("assets", {}).values():
+            asset["href"] = unsigned_href(_absolute(asset["href"], self_href))
+        links = []
+        for link in d.get("links", []):
+            if link.get("rel") in ("self", "root", "parent", "collection", "child", "item"):
+                continue
+            href = unsigned_href(_absolute(link["href"], self_href))
+            if link.get("rel") == "derived_from" and api_url:
+                target = next((i for i in items if i.get_self_href() and _same(i.get_self_href(), href)), None)
+                if target is not None and target.id in ids:
+                    href = f"{api_url.rstrip('/')}/collections/{collection_id}/items/{target.id}"
+            links.append({**link, "href": href})
+        d["links"] = links
+        d["collection"] = collection_id
+        out.append(d)
+    return out
+
+
+def _absolute(href: str, start: str | None) -> str:
+    """Absolute form of ``href``; local paths become ``file://`` URIs, which stay unambiguous
+    when the Item is read back from an http(s) API."""
+    if not _is_url(href) and not os.path.isabs(_local(href)) and start is not None:
+        from pystac.utils import make_absolute_href
+
+        href = make_absolute_href(href, start)
+    if not _is_url(href):
+        return Path(_local(href)).resolve().as_uri()
+    return href
+
+
+def _same(a: str, b: str) -> bool:
+    return os.path.normpath(_local(a)) == os.path.normpath(_local(b))
+
+
+def publish_to_api(
+    items: Sequence[pystac.Item],
+    api_url: str,
+    collection: pystac.Collection | str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> list[str]:
+    """Publish Items into a STAC API that implements the Transactions extension.
+
+    Creates the Collection when the API does not have it (``POST /collections``), then
+    ``POST /collections/{id}/items`` each Item; an Item that already exists (HTTP 409) is
+    replaced with ``PUT /collections/{id}/items/{item id}``. Works with stac-fastapi based
+    APIs (stac-fastapi-pgstac with ``ENABLE_TRANSACTIONS_EXTENSIONS=TRUE``,
+    stac-fastapi-elasticsearch-opensearch) and any server following the extension
+    (https://github.com/stac-api-extensions/transaction). Hrefs are made absolute and
+    unsigned by :func:`api_items`.
+
+    Args:
+        items: Items to publish; their asset hrefs must be reachable by the API's users.
+        api_url: STAC API root URL.
+        collection: the Collection to create if missing, or the id of an existing one.
+        headers: extra HTTP headers (e.g. ``{"Authorization": "Bearer ..."}``).
+        timeout: seconds per request.
+
+    Returns:
+        The URL of each published Item in the API.
+
+    Raises:
+        PublishError: the API refuses a request (message with status and the API's answer),
+            cannot be reached, or lacks the Collection when only its id is given.
+    """
+    import requests
+
+    root = api_url.rstrip("/")
+    hdrs = {"Content-Type": "application/json", **dict(headers or {})}
+    cid = collection if isinstance(collection, str) else collection.id
+
+    def call(method: str, url: str, body: dict[str, Any] | None = None) -> requests.Response:
+        try:
+            return requests.request(method, url, json=body, headers=hdrs, timeout=timeout)
+        except requests.RequestException as err:
+            raise PublishError(f"STAC API {root} cannot be reached ({err}); check the URL and that it is running.") from err
+
+    def check(resp: requests.Response, what: str) -> None:
+        if resp.status_code >= 400:
+            hint = " The API does not accept writes: enable its Transactions extension." if resp.status_code == 405 else ""
+            raise PublishError(f"STAC API {root} refused {what}: HTTP {resp.status_code} {resp.text[:300]}{hint}")
+
+    if call("GET", f"{root}/collections/{cid}").status_code == 404:
+        if isinstance(collection, str):
+            raise PublishError(
+                f"STAC API {root} has no collection {cid!r}; pass a pystac.Collection to create it."
+            )
+        body = collection.to_dict(include_self_link=False, transform_hrefs=False)
+        body["links"] = [link for link in body.get("links", []) if link.get("rel") not in ("self", "root", "parent", "child", "item")]
+        check(call("POST", f"{root}/collections", body), f"creating collection {cid!r}")
+    urls = []
+    for body in api_items(items, cid, api_url=root):
+        url = f"{root}/collections/{cid}/items"
+        resp = call("POST", url, body)
+        if resp.status_code == 409:
+            resp = call("PUT", f"{url}/{body['id']}", body)
+        check(resp, f"item {body['id']!r} into collection {cid!r}")
+        urls.append(f"{url}/{body['id']}")
+    return urls

@@ -284,20 +284,32 @@ def validate(
     return _validate_dict(_as_dict(obj), _load_schemas(schema_dir))
 
 
-def _walk_files(root: Path) -> Iterator[dict[str, Any]]:
-    """Yield the JSON dict of a local catalog file and of every child and item below it."""
-    pending = [root.resolve()]
-    seen: set[Path] = set()
+def _walk_files(root: str) -> Iterator[dict[str, Any]]:
+    """Yield the JSON dict of a catalog file and of every child and item below it.
+
+    ``root`` is a local path or an fsspec URL (``memory://``, ``s3://``...); links are
+    followed relative to the file that holds them, on the same file system.
+    """
+    import posixpath
+
+    import fsspec
+
+    fs, root_path = fsspec.core.url_to_fs(root)
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    pending = [root_path]
+    seen: set[str] = set()
     while pending:
-        path = pending.pop()
+        path = posixpath.normpath(pending.pop())
         if path in seen:
             continue
         seen.add(path)
+        where = path if protocol in ("file", "local") else f"{protocol}://{path}"
         try:
-            stac = json.loads(path.read_text(encoding="utf-8"))
+            with fs.open(path, "r", encoding="utf-8") as f:
+                stac = json.loads(f.read())
         except (OSError, json.JSONDecodeError) as err:
             raise CatalogNotFoundError(
-                f"STAC file {path} cannot be read as JSON ({err}); check the child/item link "
+                f"STAC file {where} cannot be read as JSON ({err}); check the child/item link "
                 "that points to it."
             ) from err
         yield stac
@@ -307,10 +319,11 @@ def _walk_files(root: Path) -> Iterator[dict[str, Any]]:
             href = str(link.get("href", ""))
             if "://" in href and not href.startswith("file://"):
                 raise CatalogNotFoundError(
-                    f"{path} links to {href}; validate_catalog reads local files only. "
-                    "Download the catalog first, or pass a pystac.Catalog."
+                    f"{where} links to {href}; validate_catalog follows relative and local links "
+                    "only. Download the catalog first, or pass a pystac.Catalog."
                 )
-            pending.append((path.parent / href.removeprefix("file://")).resolve())
+            href = href.removeprefix("file://")
+            pending.append(href if href.startswith("/") else posixpath.join(posixpath.dirname(path), href))
 
 
 def validate_catalog(
@@ -324,7 +337,8 @@ def validate_catalog(
     its migration of extension URIs on read. Schemas are loaded once for the whole walk.
 
     Args:
-        root: The root catalog, or the path of its ``catalog.json``.
+        root: The root catalog, or the path or fsspec URL (``memory://``, ``s3://``...) of
+            its ``catalog.json``.
         schema_dir: Folder of extension schemas; see :func:`validate`.
 
     Returns:
@@ -345,12 +359,13 @@ def validate_catalog(
                 _validate_dict(_as_dict(item), schemas)
                 count += 1
         return count
-    root_path = Path(root)
-    if not root_path.is_file():
-        raise CatalogNotFoundError(
-            f"Catalog file {root_path} does not exist; pass the path of a catalog.json."
-        )
-    for stac in _walk_files(root_path):
+    href = os.fspath(root)
+    if "://" not in href or href.startswith("file://"):
+        path = Path(href.removeprefix("file://")).resolve()
+        if not path.is_file():
+            raise CatalogNotFoundError(f"Catalog file {path} does not exist; pass the path of a catalog.json.")
+        href = str(path)
+    for stac in _walk_files(href):
         _validate_dict(stac, schemas)
         count += 1
     return count
