@@ -119,7 +119,7 @@ def test_predict_from_the_model_card_alone(nc_run, tmp_path):
 
     from conftest import NC_CATALOG
 
-    result, _ = nc_run
+    result, _shared = nc_run
     card_src = result.out_dir / "nc" / "nc-model" / "nc-model.json"
     shutil.copy(card_src, tmp_path / "card.json")
     card = json.loads(card_src.read_text())
@@ -139,6 +139,7 @@ def test_predict_from_the_model_card_alone(nc_run, tmp_path):
         assert np.array_equal(a.read(1), b.read(1))
     item = pystac.Item.from_file(str(out / "pred" / "pred-class-map" / "pred-class-map.json"))
     assert any(link.rel == "derived_from" and link.href.endswith("card.json") for link in item.links)
+    assert validate_catalog(out / "catalog.json", _shared / "schemas") == 3  # catalog, collection, prediction
 
 
 def test_pickle_weights_in_a_card_are_refused(nc_run, tmp_path):

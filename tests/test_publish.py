@@ -345,3 +345,30 @@ def test_card_time_range_is_the_training_data(run):
     assert d["properties"]["datetime"] is None
     assert d["properties"]["start_datetime"] == d["properties"]["end_datetime"] == "2021-06-01T00:00:00Z"
     assert datetime.fromisoformat(d["properties"]["start_datetime"]) == datetime(2021, 6, 1, tzinfo=timezone.utc)
+
+
+def test_cli_publish_copies_and_posts(run, transactions_api, tmp_path):
+    """`staclearn publish`: a static copy elsewhere, ndjson for pypgstac, and the Items in an API."""
+    out, _, _ = run
+    dest = tmp_path / "copy"
+    proc = subprocess.run(
+        [sys.executable, "-m", "staclearn.cli", "publish", "--catalog", str(out / "catalog.json"),
+         "--to", str(dest), "--api", transactions_api, "--ndjson", str(tmp_path / "items.ndjson")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (dest / "class_map.tif").read_bytes() == (out / "class_map.tif").read_bytes()
+    assert (dest / "model" / "weights.safetensors").exists()
+    if _schemas() is not None:
+        assert validate_catalog(dest / "catalog.json", SCHEMAS) == 4
+    rows = [json.loads(line) for line in (tmp_path / "items.ndjson").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["toy-model", "toy-class-map"] and all(r["collection"] == "toy" for r in rows)
+    # the copy is what gets registered: asset hrefs point into it
+    assert rows[1]["assets"]["class_map"]["href"] == (dest / "class_map.tif").as_uri()
+    got = requests.get(f"{transactions_api}/collections/toy/items/toy-class-map", timeout=10).json()
+    assert got["assets"]["class_map"]["href"] == (dest / "class_map.tif").as_uri()
+    bad = subprocess.run(
+        [sys.executable, "-m", "staclearn.cli", "publish", "--catalog", str(out / "catalog.json"), "--to", "https://example.com/x"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and "PublishError" in bad.stderr and "publish_to_api" in bad.stderr

@@ -20,7 +20,7 @@ from staclearn.landcover import LandCoverConfig, run_landcover
 from staclearn.modelcard import load_model, model_card
 from staclearn.models import build_model
 from staclearn.predict import predict_class_map
-from staclearn.publish import class_map_item, write_catalog
+from staclearn.publish import class_map_item, publish_to_api, write_catalog
 from staclearn.search import open_items
 from staclearn.train import Trainer
 
@@ -47,6 +47,7 @@ __all__ = [
     "load_model",
     "class_map_item",
     "write_catalog",
+    "publish_to_api",
     "LandCoverConfig",
     "run_landcover",
     "StaclearnError",

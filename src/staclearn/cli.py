@@ -164,7 +164,7 @@ def predict(
     from staclearn.landcover import split_label_items
     from staclearn.modelcard import load_model
     from staclearn.predict import predict_class_map
-    from staclearn.publish import class_map_item, write_catalog
+    from staclearn.publish import FsspecStacIO, class_map_item, write_catalog
     from staclearn.search import open_items
 
     try:
@@ -174,7 +174,7 @@ def predict(
         cmap = predict_class_map(
             net, cube, tile_size=tile_size, padding=padding, batch_size=batch_size, device=device, out_path=out / "class_map.tif"
         )
-        card = pystac.Item.from_file(str(Path(model).resolve()) if Path(model).exists() else model)
+        card = pystac.Item.from_file(str(Path(model).resolve()) if Path(model).exists() else model, stac_io=FsspecStacIO())
         item = class_map_item(
             str((out / "class_map.tif").resolve()), cmap, id=f"{out.resolve().name}-class-map", classes=net.spec.classes, source_items=imagery, model_card=card
         )
@@ -182,6 +182,51 @@ def predict(
     except StaclearnError as err:
         _fail(err)
     typer.echo(f"class map: {out / 'class_map.tif'}\ncatalog:   {out / 'catalog.json'}")
+
+
+@app.command()
+def publish(
+    catalog: Annotated[str, typer.Option(help="catalog.json of a staclearn run (path or fsspec URL)")],
+    to: Annotated[Optional[str], typer.Option(help="folder or fsspec URL (s3://, gs://, az://, memory://) for a static copy")] = None,
+    api: Annotated[Optional[str], typer.Option(help="STAC API root URL with the Transactions extension")] = None,
+    ndjson: Annotated[Optional[Path], typer.Option(help="also write the Items as newline-delimited JSON (for pypgstac load)")] = None,
+    collection: Annotated[Optional[str], typer.Option(help="collection id in the API; default: the run's collection")] = None,
+    token: Annotated[Optional[str], typer.Option(envvar="STACLEARN_API_TOKEN", help="bearer token for the API")] = None,
+) -> None:
+    """Publish a run's Items (model card, predictions): copy the static catalog with its
+    assets to TO, and/or POST them into a STAC API, and/or write ndjson for pgstac."""
+    import pystac
+
+    from staclearn.errors import PublishError
+    from staclearn.publish import FsspecStacIO, api_items, publish_to_api, write_catalog
+
+    if not (to or api or ndjson):
+        raise typer.BadParameter("give --to, --api and/or --ndjson")
+    try:
+        root = pystac.Catalog.from_file(catalog, stac_io=FsspecStacIO())
+        cols = [c for c in root.get_children() if isinstance(c, pystac.Collection) and any(True for _ in c.get_items())]
+        if not cols:
+            raise PublishError(f"{catalog} has no Collection with Items; pass the catalog.json a staclearn run wrote.")
+        col = cols[0]
+        items = list(col.get_items())
+        for item in items:
+            item.make_asset_hrefs_absolute()
+        if to:
+            local_root = None if "://" in catalog else Path(catalog).resolve().parent
+            write_catalog(items, to, id=root.id, description=root.description, collection_id=col.id, asset_root=local_root)
+            typer.echo(f"catalog:    {to.rstrip('/')}/catalog.json")
+        if ndjson:
+            rows = api_items(items, collection or col.id, api_url=api)
+            ndjson.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            typer.echo(f"ndjson:     {ndjson} ({len(rows)} Items)")
+        if api:
+            if collection:
+                col.id = collection
+            headers = {"Authorization": f"Bearer {token}"} if token else None
+            for url in publish_to_api(items, api, col, headers=headers):
+                typer.echo(f"published:  {url}")
+    except StaclearnError as err:
+        _fail(err)
 
 
 if __name__ == "__main__":  # pragma: no cover
