@@ -372,3 +372,28 @@ def test_cli_publish_copies_and_posts(run, transactions_api, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and "PublishError" in bad.stderr and "publish_to_api" in bad.stderr
+
+
+def test_classifier_card_round_trip(tmp_path, scene):
+    """A timm object classifier's card (task classification) validates and rebuilds the model."""
+    import torch
+
+    from staclearn.classifier import build_classifier
+
+    torch.manual_seed(0)
+    clf = build_classifier(["r", "g", "b"], CLASSES[:2], mean=[90.0] * 3, std=[40.0] * 3, chip_size=32, buffer_m=5.0).eval()
+    weights = save_weights(clf, tmp_path / "clf.safetensors")
+    card = model_card(clf, str(weights), id="clf", training_items=[scene])
+    props = card.properties
+    assert props["mlm:tasks"] == ["classification"] and props["mlm:output"][0]["result"]["shape"] == [-1, 2]
+    assert props["mlm:input"][0]["input"]["shape"] == [-1, 3, 32, 32]
+    write_catalog([card], tmp_path / "cat", id="cat")
+    path = tmp_path / "cat" / "cat" / "clf" / "clf.json"
+    if _schemas() is not None:
+        report = validate(json.loads(path.read_text()), SCHEMAS)
+        assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in report.validated
+    again = load_model(path)
+    assert type(again).__name__ == "ObjectClassifier" and again.spec.buffer_m == 5.0 and again.spec.chip_size == 32
+    x = torch.rand(2, 3, 32, 32) * 255
+    with torch.no_grad():
+        assert torch.equal(clf(x), again(x))

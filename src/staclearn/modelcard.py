@@ -21,6 +21,7 @@ import pystac
 import torch
 
 from staclearn.errors import ModelCardError
+from staclearn.classifier import ClassifierSpec, ObjectClassifier
 from staclearn.models import ModelSpec, SegmentationModel, load_weights
 from staclearn.publish import FsspecStacIO, unsigned_href
 
@@ -38,7 +39,7 @@ def _torch_version() -> str:
 
 
 def model_card(
-    model: SegmentationModel,
+    model: SegmentationModel | ObjectClassifier,
     weights_href: str,
     *,
     id: str,
@@ -46,7 +47,7 @@ def model_card(
     bbox: Sequence[float] | None = None,
     tile_size: int = 256,
     hyperparameters: Mapping[str, Any] | None = None,
-    tasks: Sequence[str] = ("semantic-segmentation", "segmentation"),
+    tasks: Sequence[str] | None = None,
     training_items: Sequence[pystac.Item] = (),
     metrics: Mapping[str, Any] | None = None,
     description: str | None = None,
@@ -56,18 +57,22 @@ def model_card(
     """Build the MLM model-card Item of a trained model.
 
     Args:
-        model: the trained model (its ``spec`` gives bands, normalisation and classes).
+        model: the trained model (its ``spec`` gives bands, normalisation and classes): an
+            smp segmentation model (class map per pixel) or a timm object classifier (one
+            class per chip).
         weights_href: href of the safetensors weights (relative hrefs are resolved against
             the card when it is saved).
         id: Item id.
         geometry: GeoJSON geometry (WGS84) of the training area; default: the union of the
             training Items' geometries (null without training Items).
         bbox: bbox of ``geometry``.
-        tile_size: input tile edge in pixels, written into ``mlm:input`` shape.
+        tile_size: input tile edge in pixels, written into ``mlm:input`` shape (a classifier's
+            ``spec.chip_size`` is used instead).
         hyperparameters: training settings (epochs, lr, batch size, ...) for
             ``mlm:hyperparameters``; staclearn adds the smp architecture/encoder used to
             rebuild the model.
-        tasks: MLM task names (``mlm:tasks``).
+        tasks: MLM task names (``mlm:tasks``); default ``semantic-segmentation`` +
+            ``segmentation`` for segmentation models, ``classification`` for classifiers.
         training_items: imagery/label Items the model was trained on (``derived_from`` links).
         metrics: evaluation figures to record in ``staclearn:metrics``.
         description: Item description.
@@ -80,24 +85,57 @@ def model_card(
     spec = model.spec
     n_params = sum(p.numel() for p in model.parameters())
     mem = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    hp: dict[str, Any] = {
-        "smp.architecture": spec.architecture,
-        "smp.encoder": spec.encoder,
-        "smp.encoder_depth": spec.encoder_depth,
-    }
+    classifier = isinstance(spec, ClassifierSpec)
+    if classifier:
+        hp: dict[str, Any] = {
+            "timm.model": spec.model_name,
+            "chip_size": spec.chip_size,
+            "buffer_m": spec.buffer_m,
+            "mask_outside": spec.mask_outside,
+        }
+        tile_size = spec.chip_size
+        architecture, pretrained = spec.model_name, spec.pretrained
+        tasks = list(tasks or ("classification",))
+    else:
+        hp = {
+            "smp.architecture": spec.architecture,
+            "smp.encoder": spec.encoder,
+            "smp.encoder_depth": spec.encoder_depth,
+        }
+        architecture = "U-Net" if spec.architecture == "Unet" else spec.architecture
+        pretrained = spec.encoder_weights
+        tasks = list(tasks or ("semantic-segmentation", "segmentation"))
+    if spec.extra:
+        hp["staclearn.extra"] = dict(spec.extra)
     if hyperparameters:
         hp.update({k: v for k, v in hyperparameters.items() if v is not None})
+    name = spec.model_name if classifier else f"{spec.architecture} ({spec.encoder})"
+    if classifier:
+        result = {
+            "shape": [-1, spec.num_classes],
+            "dim_order": ["batch", "class"],
+            "data_type": "float32",
+        }
+        out_name, out_text = "class", "Logits per class for one chip; softmax gives the confidence, argmax the class."
+    else:
+        result = {
+            "shape": [-1, spec.num_classes, tile_size, tile_size],
+            "dim_order": ["batch", "class", "height", "width"],
+            "data_type": "float32",
+        }
+        out_name = "class map"
+        out_text = "Logits per class; the class map is argmax over 'class', mapped to the class values below."
     props: dict[str, Any] = {
-        "description": description or f"{spec.architecture} ({spec.encoder}) trained with staclearn",
+        "description": description or f"{name} trained with staclearn",
         "mlm:name": id,
-        "mlm:architecture": "U-Net" if spec.architecture == "Unet" else spec.architecture,
-        "mlm:tasks": list(tasks),
+        "mlm:architecture": architecture,
+        "mlm:tasks": tasks,
         "mlm:framework": "PyTorch",
         "mlm:framework_version": _torch_version(),
         "mlm:total_parameters": int(n_params),
         "mlm:memory_size": int(mem),
-        "mlm:pretrained": spec.encoder_weights is not None,
-        "mlm:pretrained_source": spec.encoder_weights,
+        "mlm:pretrained": pretrained is not None,
+        "mlm:pretrained_source": pretrained,
         "mlm:batch_size_suggestion": int(hp.get("batch_size", 8)),
         "mlm:accelerator": None,
         "mlm:accelerator_constrained": False,
@@ -114,8 +152,13 @@ def model_card(
                 "description": input_description
                 or (
                     "Bands in this order, in the source imagery's units (no rescaling before "
-                    f"value_scaling); height and width multiples of {spec.stride} px; nodata "
-                    "pixels replaced by the band mean."
+                    + (
+                        f"value_scaling); one chip of {tile_size} x {tile_size} px centred on each "
+                        f"footprint with a {spec.buffer_m:g} m buffer, resampled to the chip size."
+                        if classifier
+                        else f"value_scaling); height and width multiples of {spec.stride} px; nodata "
+                        "pixels replaced by the band mean."
+                    )
                 ),
                 "value_scaling": [
                     {"type": "z-score", "mean": float(m), "stddev": float(s)} for m, s in zip(spec.mean, spec.std, strict=True)
@@ -125,14 +168,10 @@ def model_card(
         ],
         "mlm:output": [
             {
-                "name": "class map",
-                "tasks": list(tasks),
-                "result": {
-                    "shape": [-1, spec.num_classes, tile_size, tile_size],
-                    "dim_order": ["batch", "class", "height", "width"],
-                    "data_type": "float32",
-                },
-                "description": "Logits per class; the class map is argmax over 'class', mapped to the class values below.",
+                "name": out_name,
+                "tasks": tasks,
+                "result": result,
+                "description": out_text,
                 "classification:classes": [c.to_dict() for c in spec.classes],
                 "post_processing_function": None,
             }
@@ -161,7 +200,7 @@ def model_card(
             href=weights_href,
             media_type=SAFETENSORS_MEDIA_TYPE,
             roles=["mlm:model", "mlm:weights", "data"],
-            title=f"{spec.architecture} {spec.encoder} weights (safetensors)",
+            title=f"{name} weights (safetensors)",
             # MLM requires named input bands described by eo, raster or STAC 1.1 bands; raster:bands
             # on the model asset is the MLM spec's own example and its schema is available offline
             extra_fields={
@@ -188,14 +227,16 @@ def _union_geometry(items: Sequence[pystac.Item]) -> tuple[dict[str, Any] | None
     return dict(mapping(union)), list(union.bounds)
 
 
-def spec_from_card(card: pystac.Item | Mapping[str, Any]) -> ModelSpec:
-    """Rebuild the :class:`ModelSpec` described by an MLM card.
+def spec_from_card(card: pystac.Item | Mapping[str, Any]) -> ModelSpec | ClassifierSpec:
+    """Rebuild the model description an MLM card holds.
 
     Args:
         card: the card Item or its dict.
 
     Returns:
-        The model description (bands, normalisation, classes, smp architecture).
+        A :class:`ModelSpec` (smp segmentation; ``mlm:hyperparameters`` ``smp.*``) or a
+        :class:`~staclearn.classifier.ClassifierSpec` (timm classifier; ``timm.model``):
+        bands, normalisation, classes, architecture.
 
     Raises:
         ModelCardError: a required MLM field is missing (the message names it).
@@ -214,27 +255,46 @@ def spec_from_card(card: pystac.Item | Mapping[str, Any]) -> ModelSpec:
                 f"Model card {cid!r}: mlm:input value_scaling must hold one 'z-score' object per band "
                 f"({len(bands)} bands, {len(scaling)} objects)."
             )
+        classes = out["classification:classes"]
+        mean, std = [s["mean"] for s in scaling], [s["stddev"] for s in scaling]
+        extra = dict(hp.get("staclearn.extra") or {})
+        if "timm.model" in hp:
+            return ClassifierSpec.from_dict(
+                {
+                    "model_name": hp["timm.model"],
+                    "bands": bands,
+                    "classes": classes,
+                    "mean": mean,
+                    "std": std,
+                    "chip_size": hp.get("chip_size", inp["input"]["shape"][-1]),
+                    "buffer_m": hp.get("buffer_m", 10.0),
+                    "mask_outside": hp.get("mask_outside"),
+                    "pretrained": None,
+                    "extra": extra,
+                }
+            )
         return ModelSpec.from_dict(
             {
                 "architecture": hp.get("smp.architecture", "Unet"),
                 "encoder": hp["smp.encoder"],
                 "encoder_depth": hp.get("smp.encoder_depth", 5),
                 "bands": bands,
-                "classes": out["classification:classes"],
-                "mean": [s["mean"] for s in scaling],
-                "std": [s["stddev"] for s in scaling],
+                "classes": classes,
+                "mean": mean,
+                "std": std,
                 "encoder_weights": None,
+                "extra": extra,
             }
         )
     except (KeyError, IndexError, TypeError) as err:
         raise ModelCardError(
             f"Model card {cid!r} lacks {err} needed to rebuild the model; it must carry mlm:input "
             "(bands, value_scaling), mlm:output (classification:classes) and "
-            "mlm:hyperparameters 'smp.encoder'."
+            "mlm:hyperparameters 'smp.encoder' (segmentation) or 'timm.model' (classification)."
         ) from err
 
 
-def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel:
+def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel | ObjectClassifier:
     """Rebuild a trained model from its MLM card alone.
 
     Reads the card (local path or http(s)/fsspec URL), rebuilds the architecture, loads the
@@ -266,7 +326,9 @@ def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel:
     assets = [a for a in item.assets.values() if "mlm:model" in (a.roles or [])]
     if not assets:
         raise ModelCardError(f"Model card {item.id!r} has no asset with role 'mlm:model' (the weights).")
-    model = SegmentationModel(spec)
+    model: SegmentationModel | ObjectClassifier = (
+        ObjectClassifier(spec) if isinstance(spec, ClassifierSpec) else SegmentationModel(spec)
+    )
     href = assets[0].get_absolute_href() or assets[0].href
     load_weights(model, href)
     return model.eval()
