@@ -397,3 +397,29 @@ def test_classifier_card_round_trip(tmp_path, scene):
     x = torch.rand(2, 3, 32, 32) * 255
     with torch.no_grad():
         assert torch.equal(clf(x), again(x))
+
+
+def test_vector_item_for_classified_footprints(tmp_path, scene):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from staclearn.publish import vector_item
+
+    gdf = gpd.GeoDataFrame(
+        {"footprint_id": ["a", "b", "c"], "class_value": [0, 1, None], "confidence": [0.9, 0.8, None]},
+        geometry=[box(500_400, 4_099_500, 500_420, 4_099_520), box(500_600, 4_099_300, 500_630, 4_099_330), box(0, 0, 0, 0).buffer(0)],
+        crs="EPSG:32633",
+    )
+    gdf.to_parquet(tmp_path / "buildings.parquet")
+    item = vector_item(str(tmp_path / "buildings.parquet"), gdf, id="dmg", classes=CLASSES[:2], source_items=[scene])
+    asset = item.assets["footprints"]
+    assert asset.media_type == "application/vnd.apache.parquet"
+    assert asset.extra_fields["staclearn:row_count"] == 3 and asset.extra_fields["staclearn:class_counts"] == {"0": 1, "1": 1}
+    west, south, east, north = item.bbox
+    hull = gdf.iloc[:2].to_crs("EPSG:4326").total_bounds
+    assert (west, south, east, north) == pytest.approx(tuple(hull))  # the empty geometry is left out of the hull
+    write_catalog([item], tmp_path / "cat", id="cat")
+    if _schemas() is not None:
+        assert validate_catalog(tmp_path / "cat" / "catalog.json", SCHEMAS) == 3
+    with pytest.raises(PublishError, match="no CRS"):
+        vector_item("x.parquet", gdf.set_crs(None, allow_override=True), id="x", classes=CLASSES, source_items=[])

@@ -32,6 +32,7 @@ __all__ = [
     "write_catalog",
     "api_items",
     "chips_collection",
+    "vector_item",
     "publish_to_api",
     "FsspecStacIO",
 ]
@@ -165,6 +166,21 @@ def class_map_item(
             },
         ),
     )
+    _provenance(item, source_items, model_card)
+    return item
+
+
+
+
+GEOPARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
+GEOJSON_MEDIA_TYPE = "application/geo+json"
+
+
+def _provenance(
+    item: pystac.Item,
+    source_items: Sequence[pystac.Item],
+    model_card: pystac.Item | None,
+) -> None:
     for src in source_items:
         href = src.get_self_href()
         if href:
@@ -179,10 +195,104 @@ def class_map_item(
                 title=f"model card: {model_card.id}",
             )
         )
+
+
+def vector_item(
+    href: str,
+    table: Any,
+    *,
+    id: str,
+    classes: Sequence[ClassInfo],
+    source_items: Sequence[pystac.Item],
+    model_card: pystac.Item | None = None,
+    class_field: str = "class_value",
+    datetime_range: tuple[datetime, datetime] | None = None,
+    collection: str | None = None,
+    lineage: str | None = None,
+    asset_key: str = "footprints",
+    title: str = "Classified footprints",
+    extra_assets: Mapping[str, str] | None = None,
+) -> pystac.Item:
+    """Describe a per-object result table (e.g. building footprints with their predicted
+    damage class and confidence) as a STAC Item with a vector asset.
+
+    The geometry is the WGS84 convex hull of the objects; the asset is GeoParquet (or
+    GeoJSON by its extension) and carries ``classification:classes`` for ``class_field``;
+    the Item has the processing extension and ``derived_from`` links to the imagery Items and
+    the MLM card, like :func:`class_map_item`.
+
+    Args:
+        href: path or URL of the GeoParquet / GeoJSON file.
+        table: the ``geopandas.GeoDataFrame`` written there (any CRS).
+        id: Item id.
+        classes: classes of ``class_field``.
+        source_items: imagery Items the objects were classified from.
+        model_card: the classifier's MLM card Item.
+        class_field: column holding the class value.
+        datetime_range: time range; default the union of the source Items' ranges.
+        collection: collection id to record.
+        lineage: ``processing:lineage`` text.
+        asset_key: key of the table asset.
+        title: asset title.
+        extra_assets: more files of the same table, ``{key: href}`` (e.g. a GeoJSON copy).
+
+    Returns:
+        The Item (STAC 1.1; classification and processing extensions).
+
+    Raises:
+        PublishError: the table is empty or has no CRS.
+    """
+    from shapely.geometry import mapping
+
+    from staclearn.search import item_time_range
+
+    if table.crs is None or len(table) == 0:
+        raise PublishError(f"Cannot publish {href}: the table is empty or has no CRS; set one with .set_crs().")
+    wgs = table.to_crs("EPSG:4326")
+    valid = wgs.geometry[~(wgs.geometry.is_empty | wgs.geometry.isna())]
+    hull = valid.union_all().convex_hull if len(valid) else None
+    if datetime_range is None and source_items:
+        ranges = [item_time_range(i) for i in source_items]
+        datetime_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+    start, end = datetime_range if datetime_range else (None, None)
+    counts = table[class_field].value_counts(dropna=True).to_dict() if class_field in table else {}
+    props: dict[str, Any] = {
+        "start_datetime": start.isoformat().replace("+00:00", "Z") if start else None,
+        "end_datetime": end.isoformat().replace("+00:00", "Z") if end else None,
+        "processing:software": {"staclearn": _version()},
+        "processing:lineage": lineage
+        or "Chips around each footprint classified by the model in the derived_from MLM card over the derived_from imagery.",
+        "processing:level": "L4",
+    }
+    item = pystac.Item(
+        id=id,
+        geometry=dict(mapping(hull)) if hull is not None else None,
+        bbox=list(hull.bounds) if hull is not None else None,
+        datetime=start or datetime.now().astimezone(),
+        properties={k: v for k, v in props.items() if v is not None},
+        collection=collection,
+    )
+    item.stac_extensions = [CLASSIFICATION_SCHEMA, PROCESSING_SCHEMA]
+    files = {asset_key: href, **dict(extra_assets or {})}
+    for key, path in files.items():
+        media = GEOJSON_MEDIA_TYPE if str(path).endswith((".geojson", ".json")) else GEOPARQUET_MEDIA_TYPE
+        item.add_asset(
+            key,
+            pystac.Asset(
+                href=path,
+                media_type=media,
+                roles=["data"],
+                title=title,
+                extra_fields={
+                    "classification:classes": [c.to_dict() for c in classes],
+                    "staclearn:class_field": class_field,
+                    "staclearn:row_count": int(len(table)),
+                    "staclearn:class_counts": {str(int(k)): int(v) for k, v in counts.items()},
+                },
+            ),
+        )
+    _provenance(item, source_items, model_card)
     return item
-
-
-GEOPARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 
 
 def chips_collection(
