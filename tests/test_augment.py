@@ -36,3 +36,20 @@ def test_augmentation_is_seedable():
     torch.manual_seed(3)
     b = Augmentation()(image, mask)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_images_only_and_radiometric_jitter():
+    from staclearn.augment import RadiometricJitter
+
+    torch.manual_seed(0)
+    x = 50 + 100 * torch.rand(16, 3, 8, 8)
+    flipped = Augmentation(rotation=0, zoom=(1.0, 1.0), shift=0, flips=True).images(x)
+    for a, b in zip(flipped, x, strict=True):  # each image is itself or a flip of itself
+        assert any(torch.allclose(a, v) for v in (b, b.flip(-1), b.flip(-2), b.flip(-1).flip(-2)))
+    y = RadiometricJitter(brightness=0.2, contrast=0.0, band_gain=0.0, p=1.0)(x)
+    ratio = (y / x).flatten(1)
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-5)  # one gain per image
+    assert ratio.min() >= 0.8 - 1e-6 and ratio.max() <= 1.2 + 1e-6 and ratio.std() > 0.01
+    z = RadiometricJitter(brightness=0.0, contrast=0.3, band_gain=0.0, p=1.0)(x)
+    assert torch.allclose(z.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=1e-3)  # contrast keeps the mean
+    assert torch.equal(RadiometricJitter(p=0.0)(x), x)

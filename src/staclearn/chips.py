@@ -160,23 +160,29 @@ class _ChipPaths:
 
 
 def _write_tif(path: Path, data: np.ndarray, geobox: GeoBox, nodata: float | int | None) -> None:
+    import warnings
+
     import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
 
     tmp = path.with_name(path.name + ".tmp")
-    with rasterio.open(
-        tmp,
-        "w",
-        driver="GTiff",
-        height=data.shape[-2],
-        width=data.shape[-1],
-        count=data.shape[0],
-        dtype=data.dtype,
-        crs=geobox.crs.to_wkt(),
-        transform=geobox.affine,
-        nodata=nodata,
-        compress="deflate",
-    ) as dst:
-        dst.write(data)
+    georef = geobox.crs is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # chips of PNG pairs have no CRS
+        with rasterio.open(
+            tmp,
+            "w",
+            driver="GTiff",
+            height=data.shape[-2],
+            width=data.shape[-1],
+            count=data.shape[0],
+            dtype=data.dtype,
+            crs=geobox.crs.to_wkt() if georef else None,
+            transform=geobox.affine if georef else None,
+            nodata=nodata,
+            compress="deflate",
+        ) as dst:
+            dst.write(data)
     os.replace(tmp, path)
 
 
@@ -204,7 +210,8 @@ def export_chips(
         image: ``(C, H, W)`` float32 imagery on ``geobox``.
         labels: ``(H, W)`` uint8 class indices on ``geobox``, ``ignore_index`` if unlabelled.
         split: ``(H, W)`` uint8 from :func:`block_split`.
-        geobox: GeoBox of ``image`` / ``labels``.
+        geobox: GeoBox of ``image`` / ``labels``; one without a CRS (pixel coordinates of
+            non-georeferenced imagery) gives chips without georeference.
         out_dir: output folder; chips go to ``out_dir/images`` and ``out_dir/labels``, the
             index to ``out_dir/chips.parquet``.
         tile_size: chip edge in pixels.
@@ -259,7 +266,7 @@ def export_chips(
                     "col_off": int(win.col_off),
                     "height": int(win.height),
                     "width": int(win.width),
-                    "crs": geobox.crs.to_wkt(),
+                    "crs": geobox.crs.to_wkt() if geobox.crs is not None else None,
                     "transform": list(gbox.affine)[:6],
                     "labelled_fraction": frac,
                     "image": str(paths.image.relative_to(out)),
@@ -272,7 +279,7 @@ def export_chips(
             f"No chip of {tile_size} px reaches min_labelled={min_labelled}; lower min_labelled "
             "or use larger chips."
         )
-    index = gpd.GeoDataFrame(rows, geometry="geometry", crs=geobox.crs.to_wkt())
+    index = gpd.GeoDataFrame(rows, geometry="geometry", crs=geobox.crs.to_wkt() if geobox.crs is not None else None)
     index.attrs["band_names"] = list(band_names) if band_names is not None else None
     tmp = out / "chips.parquet.tmp"
     index.to_parquet(tmp)
@@ -281,10 +288,16 @@ def export_chips(
 
 
 def _read_tif(path: Path) -> tuple[np.ndarray, float | None]:
-    import rasterio
+    import warnings
 
-    with rasterio.open(path) as src:
-        return src.read(), src.nodata
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        # chips of non-georeferenced imagery (pixel coordinates, e.g. PNG pairs) have no CRS
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return src.read(), src.nodata
 
 
 class ChipDataset(torch.utils.data.Dataset):

@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 landcover_app = typer.Typer(help="Land-cover pixel classification (U-Net).", no_args_is_help=True)
 app.add_typer(landcover_app, name="landcover")
+damage_app = typer.Typer(help="Building-damage classification of footprints (timm classifier).", no_args_is_help=True)
+app.add_typer(damage_app, name="damage")
 
 
 def _bbox(value: Optional[str]) -> Optional[list[float]]:
@@ -142,6 +144,51 @@ def landcover_run(
     except StaclearnError as err:
         _fail(err)
     typer.echo(f"class map: {result.class_map}\nreport:    {out / 'evaluation.json'}\ncatalog:   {result.catalog}")
+
+
+@damage_app.command("run")
+def damage_run(
+    catalog: Annotated[str, typer.Option(help="STAC catalog with per-tile pre/post imagery and label Items, or an xBD folder")] = "catalogs/xbd-santarosa/catalog.json",
+    out: Annotated[Path, typer.Option(help="run folder for chips, model, per-building table, report and STAC catalog")] = Path("runs/damage"),
+    tiles: Annotated[Optional[list[str]], typer.Option("--tile", help="tile id to use (repeatable; default all)")] = None,
+    valid_tiles: Annotated[Optional[list[str]], typer.Option("--valid-tile", help="tile held out for validation (repeatable)")] = None,
+    classvalue_field: Annotated[str, typer.Option(help="footprint field with the damage label")] = "subtype",
+    class_map: Annotated[str, typer.Option(help="xbd_binary, xbd_destroyed or xbd_four")] = "xbd_binary",
+    chip_size: Annotated[int, typer.Option(help="chip edge, pixels")] = 64,
+    buffer_m: Annotated[float, typer.Option(help="context around each footprint, metres")] = 10.0,
+    stack_pre: Annotated[bool, typer.Option(help="stack the pre-disaster image with the post one")] = True,
+    mask_outside: Annotated[Optional[float], typer.Option(help="factor for pixels outside the footprint (0 = black)")] = None,
+    model_name: Annotated[str, typer.Option(help="timm classifier (resnet18, resnet34...)")] = "resnet18",
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 15,
+    lr: Annotated[float, typer.Option(help="peak learning rate of the one-cycle schedule")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="chips per batch")] = 32,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+) -> None:
+    """Train a classifier on chips around each footprint, classify the held-out tiles'
+    buildings (class + confidence), evaluate by tile and publish card + per-building Item."""
+    from staclearn.damage import DamageConfig, run_damage
+
+    config = DamageConfig(
+        classvalue_field=classvalue_field,
+        class_map=class_map,
+        chip_size=chip_size,
+        buffer_m=buffer_m,
+        stack_pre=stack_pre,
+        mask_outside=mask_outside,
+        model_name=model_name,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        valid_tiles=tuple(valid_tiles) if valid_tiles else None,
+        seed=seed,
+        device=device,
+    )
+    try:
+        result = run_damage(catalog, out, config, tiles=tiles)
+    except StaclearnError as err:
+        _fail(err)
+    typer.echo(f"buildings: {result.predictions}\nreport:    {result.evaluation_json}\ncatalog:   {result.catalog}")
 
 
 @app.command()

@@ -159,6 +159,9 @@ def _load_odc(
         resampling=resampling,
         **kw,
     )
+    # odc-stac names the axes of a geographic CRS (EPSG:4326) latitude/longitude; the cube's
+    # dims are fixed, and odc-geo still finds the GeoBox under y/x.
+    ds = ds.rename({k: v for k, v in (("latitude", "y"), ("longitude", "x")) if k in ds.dims})
     names = list(ds.data_vars)
     nodata = ds[names[0]].attrs.get("nodata")
     arr = ds.to_array("band").transpose(*DIMS)

@@ -213,6 +213,8 @@ def load_label_raster(
         )
     classes = list(classes) if classes is not None else classes_from_item(item, asset)
     ds = odc.stac.load([item], bands=[asset], geobox=geobox, resampling="nearest", dtype="float32")
+    # geographic CRSs come back as latitude/longitude; labels use the cube's y/x names
+    ds = ds.rename({k: v for k, v in (("latitude", "y"), ("longitude", "x")) if k in ds.dims})
     raw = ds[asset].isel(time=0).values
     nodata = ds[asset].attrs.get("nodata")
     idx = values_to_indices(raw, classes, nodata=nodata, ignore_index=ignore_index)

@@ -11,7 +11,7 @@ convolutional network are discarded (arcgis.learn's ``padding``, Raster Vision's
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from staclearn.cube import valid_mask
 from staclearn.errors import BandMismatchError, ConfigError
 from staclearn.train import resolve_device
 
-__all__ = ["predict_class_map", "write_cog", "CLASS_MAP_NODATA"]
+__all__ = ["predict_class_map", "predict_probabilities", "write_cog", "CLASS_MAP_NODATA"]
 
 CLASS_MAP_NODATA = 255
 """Nodata value of uint8 class maps and change masks."""
@@ -91,7 +91,8 @@ def predict_class_map(
         model: a :class:`staclearn.models.SegmentationModel` (or any module
             ``(B, C, H, W) -> (B, K, H, W)`` logits with a ``spec`` giving bands and classes).
         cube: ``(band, y, x)`` or ``(time=1, band, y, x)`` imagery, lazy or not, in the units
-            the model was trained on, with ``attrs["nodata"]``.
+            the model was trained on, with ``attrs["nodata"]``. A cube without a CRS (pixel
+            coordinates only, e.g. PNG imagery) is predicted too; its map has no CRS either.
         tile_size: model input edge in pixels, padding included; rounded up to the model's
             stride (32 px for a depth-5 encoder).
         padding: context pixels on each side of a tile whose prediction is discarded.
@@ -105,16 +106,87 @@ def predict_class_map(
         (255) where any input band is nodata / NaN, ``attrs["nodata"] = 255``.
 
     Raises:
-        ConfigError: ``tile_size <= 2 * padding`` or a multi-date cube.
+        ConfigError: ``tile_size <= 2 * padding``, a multi-date cube, or ``out_path`` given
+            for a cube without a CRS.
         BandMismatchError: the cube's bands differ from the model's input bands.
     """
     image = _as_band_yx(cube)
     spec = getattr(model, "spec", None)
     if spec is not None:
-        _check_bands(image, spec.bands)
         class_values = class_values or [c.value for c in spec.classes]
     if class_values is None:
         raise ConfigError("class_values is required for a model without a spec")
+    lut = np.asarray(list(class_values), dtype=np.uint8)
+    h, w = image.sizes["y"], image.sizes["x"]
+    out = np.full((h, w), CLASS_MAP_NODATA, dtype=np.uint8)
+    for ys, xs, pred, ok in _predict_tiles(
+        model, image, tile_size, padding, batch_size, device, lambda logits: logits.argmax(1)
+    ):
+        out[ys, xs] = np.where(ok, lut[pred], CLASS_MAP_NODATA)
+    return _on_cube_grid(out, image, "class_map", CLASS_MAP_NODATA, out_path)
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: nn.Module,
+    cube: xr.DataArray,
+    *,
+    tile_size: int = 256,
+    padding: int = 32,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+) -> xr.DataArray:
+    """Predict per-class probabilities (softmax of the logits) for a whole cube.
+
+    Same tiling, padding and nodata handling as :func:`predict_class_map`, whose class map
+    is the argmax of these probabilities.
+
+    Args:
+        model: a module ``(B, C, H, W) -> (B, K, H, W)`` logits, with a ``spec`` (bands checked).
+        cube: ``(band, y, x)`` or ``(time=1, band, y, x)`` imagery with ``attrs["nodata"]``.
+        tile_size: model input edge in pixels, padding included.
+        padding: context pixels on each side of a tile whose prediction is discarded.
+        batch_size: tiles per forward pass.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+
+    Returns:
+        ``(class, y, x)`` float32 DataArray of probabilities in [0, 1] summing to 1 over
+        ``class`` (``class`` coordinate: the class values of ``model.spec`` when it has one,
+        else 0..K-1), NaN where any input band is nodata / NaN; ``attrs["nodata"] = NaN``.
+
+    Raises:
+        ConfigError: ``tile_size <= 2 * padding`` or a multi-date cube.
+        BandMismatchError: the cube's bands differ from the model's input bands.
+    """
+    image = _as_band_yx(cube)
+    h, w = image.sizes["y"], image.sizes["x"]
+    out: np.ndarray | None = None
+    for ys, xs, prob, ok in _predict_tiles(
+        model, image, tile_size, padding, batch_size, device, lambda logits: logits.float().softmax(1)
+    ):
+        if out is None:
+            out = np.full((prob.shape[0], h, w), np.nan, dtype=np.float32)
+        out[:, ys, xs] = np.where(ok[None], prob, np.nan)
+    assert out is not None  # chip_windows gives at least one tile
+    spec = getattr(model, "spec", None)
+    classes = [c.value for c in spec.classes] if spec is not None else list(range(out.shape[0]))
+    result = _on_cube_grid(out, image, "probability", float("nan"), None)
+    return result.assign_coords({"class": classes})
+
+
+def _predict_tiles(
+    model: nn.Module,
+    image: xr.DataArray,
+    tile_size: int,
+    padding: int,
+    batch_size: int,
+    device: str | torch.device,
+    head: Callable[[torch.Tensor], torch.Tensor],
+) -> Iterator[tuple[slice, slice, np.ndarray, np.ndarray]]:
+    """Run ``model`` tile by tile; yield ``(ys, xs, head(logits) core, valid core)`` per tile."""
+    spec = getattr(model, "spec", None)
+    if spec is not None:
+        _check_bands(image, spec.bands)
     stride = spec.stride if spec is not None else 32
     if padding < 0 or tile_size <= 2 * padding:
         raise ConfigError(f"tile_size ({tile_size} px) must exceed 2 x padding ({padding} px)")
@@ -123,27 +195,35 @@ def predict_class_map(
     size = (-(-(min(core, h) + 2 * padding) // stride) * stride, -(-(min(core, w) + 2 * padding) // stride) * stride)
     nodata = image.attrs.get("nodata")
     fill = np.asarray(spec.mean if spec is not None else np.zeros(image.sizes["band"]), np.float32)[:, None, None]
-    lut = np.asarray(list(class_values), dtype=np.uint8)
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    out = np.full((h, w), CLASS_MAP_NODATA, dtype=np.uint8)
     for batch in _batches(_tiles((h, w), core), batch_size):
         tiles = [_read_tile(image, ys, xs, padding, size) for ys, xs in batch]
         oks = [valid_mask(t, nodata) for t in tiles]
         x = np.stack([np.where(ok[None], t, fill) for t, ok in zip(tiles, oks, strict=True)])
-        pred = model(torch.from_numpy(x).to(dev)).argmax(1).cpu().numpy()
-        for (ys, xs), p, ok in zip(batch, pred, oks, strict=True):
+        out = head(model(torch.from_numpy(x).to(dev))).cpu().numpy()
+        for (ys, xs), o, ok in zip(batch, out, oks, strict=True):
             hh, ww = ys.stop - ys.start, xs.stop - xs.start
-            core_pred = lut[p[padding : padding + hh, padding : padding + ww]]
-            core_ok = ok[padding : padding + hh, padding : padding + ww]
-            out[ys, xs] = np.where(core_ok, core_pred, CLASS_MAP_NODATA)
-    result = xr.DataArray(
-        out, dims=("y", "x"), coords={"y": image.y, "x": image.x}, attrs={"nodata": CLASS_MAP_NODATA}, name="class_map"
-    )
-    from odc.geo.xr import assign_crs
+            core_sl = (slice(padding, padding + hh), slice(padding, padding + ww))
+            yield ys, xs, o[(..., *core_sl)], ok[core_sl]
 
-    result = assign_crs(result, image.odc.crs)
+
+def _on_cube_grid(
+    data: np.ndarray, image: xr.DataArray, name: str, nodata: float, out_path: str | os.PathLike[str] | None
+) -> xr.DataArray:
+    dims = ("y", "x") if data.ndim == 2 else ("class", "y", "x")
+    result = xr.DataArray(data, dims=dims, coords={"y": image.y, "x": image.x}, attrs={"nodata": nodata}, name=name)
+    crs = image.odc.crs
+    if crs is not None:  # cubes of non-georeferenced imagery keep pixel coordinates only
+        from odc.geo.xr import assign_crs
+
+        result = assign_crs(result, crs)
     if out_path is not None:
+        if crs is None:
+            raise ConfigError(
+                f"Cannot write {name} to {os.fspath(out_path)!r} as a COG: the cube has no CRS "
+                "(pixel coordinates only). Save result.values yourself, or predict a georeferenced cube."
+            )
         write_cog(result, out_path)
     return result
 

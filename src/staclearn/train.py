@@ -106,6 +106,10 @@ class Trainer:
         ignore_index: mask value left out of loss and metrics.
         weights: ``None`` (plain cross-entropy), ``"balanced"`` (:func:`class_weights` of
             ``train``) or a ``(K,)`` tensor.
+        loss: a module ``(logits (B, K, H, W), mask (B, H, W) int64) -> scalar`` used instead
+            of the weighted cross-entropy (e.g. cross-entropy + Dice for rare classes); it
+            must leave ``ignore_index`` pixels out itself, and ``weights`` must then be
+            ``None`` (the loss carries its own).
         augment: a module ``(image, mask) -> (image, mask)`` applied to each training batch on
             the device (default :class:`staclearn.augment.Augmentation`); ``False`` for none.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
@@ -115,7 +119,7 @@ class Trainer:
         num_workers: DataLoader worker processes.
 
     Raises:
-        ConfigError: empty training set or bad ``weights``.
+        ConfigError: empty training set, bad ``weights``, or both ``weights`` and ``loss``.
     """
 
     def __init__(
@@ -128,6 +132,7 @@ class Trainer:
         batch_size: int = 16,
         ignore_index: int = IGNORE_INDEX,
         weights: str | torch.Tensor | None = None,
+        loss: nn.Module | None = None,
         augment: nn.Module | bool = True,
         device: str | torch.device = "auto",
         seed: int = 0,
@@ -150,13 +155,17 @@ class Trainer:
             if valid is not None and len(valid) > 0  # type: ignore[arg-type]
             else None
         )
+        if loss is not None and weights is not None:
+            raise ConfigError("Pass class weights to the loss module itself when giving loss=; leave weights=None.")
         if isinstance(weights, str):
             if weights != "balanced":
                 raise ConfigError(f"weights must be None, 'balanced' or a tensor, got {weights!r}")
             weights = class_weights(train, num_classes, ignore_index=ignore_index)
         self.class_weights = weights
-        self.loss_fn = nn.CrossEntropyLoss(
-            weight=weights.to(self.device) if weights is not None else None, ignore_index=ignore_index
+        self.loss_fn = (
+            loss.to(self.device)
+            if loss is not None
+            else nn.CrossEntropyLoss(weight=weights.to(self.device) if weights is not None else None, ignore_index=ignore_index)
         )
         self.augment = Augmentation() if augment is True else (augment or None)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None

@@ -1,0 +1,480 @@
+"""Building damage: footprint chips, object classifier, training, inference and the workflow.
+
+Synthetic seeded scenes where a case needs known pixels; the real xBD Santa Rosa tiles and
+the Joplin pre (EPSG:26915) / post (EPSG:4326) tiles from ../shared/data otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from pyproj import Transformer
+from shapely.geometry import Polygon, box
+from torch.utils.data import Dataset
+
+from staclearn.classifier import ClassifierSpec, ObjectClassifier, build_classifier
+from staclearn.classify import (
+    ClassifierTrainer,
+    classify_objects,
+    inverse_frequency_weights,
+    probability_column,
+)
+from staclearn.damage import DamageConfig, find_xbd_tiles, run_damage, split_tiles
+from staclearn.errors import (
+    BandMismatchError,
+    ConfigError,
+    FootprintWarning,
+    ImageryNotFoundError,
+)
+from staclearn.evaluate import compute_metrics
+from staclearn.footprint_chips import (
+    FootprintChipDataset,
+    FootprintChipReader,
+    chip_band_statistics,
+    chip_geobox,
+    export_footprint_chips,
+)
+from staclearn.footprints import (
+    XBD_BINARY,
+    assign_classes,
+    read_footprints,
+    read_xbd_labels,
+)
+from staclearn.labels import ClassInfo
+from staclearn.models import load_weights, save_weights
+
+XBD = Path("data") / "damage" / "xbd_santarosa"
+JOPLIN = Path("data") / "damage" / "joplin_unlabeled"
+RES = 5e-6  # degrees, ~0.44 m (lon) x 0.56 m (lat) at 38.5 N, as the xBD tiles
+X0, Y0 = -122.74, 38.48  # upper-left corner of the synthetic scenes
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _write(path: Path, data: np.ndarray, crs: str, transform: Affine) -> Path:
+    with rasterio.open(
+        path, "w", driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0],
+        dtype=data.dtype, crs=crs, transform=transform,
+    ) as dst:  # fmt: skip
+        dst.write(data)
+    return path
+
+
+def _building(col: int, row: int, w: int, h: int) -> Polygon:
+    """Polygon of the pixel block [row, row+h) x [col, col+w) of the synthetic scene."""
+    return box(X0 + col * RES, Y0 - (row + h) * RES, X0 + (col + w) * RES, Y0 - row * RES)
+
+
+def _scene(tmp_path: Path, name: str = "post", size: int = 400, seed: int = 0) -> tuple[Path, list[Polygon], np.ndarray]:
+    """EPSG:4326 RGB uint8 scene: noisy grey ground, bright 'intact' and dark 'burnt' roofs."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(60, 80, size=(3, size, size)).astype(np.uint8)
+    blocks = [(40, 40, 30, 20, 220), (200, 60, 24, 24, 20), (100, 250, 40, 30, 220), (300, 300, 20, 30, 20)]
+    polys = []
+    for col, row, w, h, v in blocks:
+        data[:, row : row + h, col : col + w] = v
+        polys.append(_building(col, row, w, h))
+    path = _write(tmp_path / f"{name}.tif", data, "EPSG:4326", Affine(RES, 0, X0, 0, -RES, Y0))
+    return path, polys, data
+
+
+def _bilinear(src: rasterio.io.DatasetReader, arr: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Independent bilinear sample of ``arr`` (C, H, W) at source-CRS points (GDAL pixel centres)."""
+    col, row = ~src.transform * (xs, ys)  # the xBD tiles' fitted transforms are slightly rotated
+    col, row = np.asarray(col) - 0.5, np.asarray(row) - 0.5
+    c0, r0 = np.floor(col).astype(int), np.floor(row).astype(int)
+    fc, fr = col - c0, row - r0
+    a = arr.astype(np.float64)
+    return (
+        a[:, r0, c0] * (1 - fr) * (1 - fc) + a[:, r0, c0 + 1] * (1 - fr) * fc
+        + a[:, r0 + 1, c0] * fr * (1 - fc) + a[:, r0 + 1, c0 + 1] * fr * fc
+    )  # fmt: skip
+
+
+def _check_chip_pixels(chip: np.ndarray, gbox, image: Path, rng: np.random.Generator, n: int = 60) -> float:
+    """Max |chip - bilinear(source)| over ``n`` random interior chip pixels (DN)."""
+    rows = rng.integers(2, chip.shape[1] - 2, n)
+    cols = rng.integers(2, chip.shape[2] - 2, n)
+    x, y = gbox.affine * (cols + 0.5, rows + 0.5)
+    with rasterio.open(image) as src:
+        arr = src.read()
+        sx, sy = Transformer.from_crs(str(gbox.crs), src.crs.to_wkt(), always_xy=True).transform(x, y)
+        ref = _bilinear(src, arr, np.asarray(sx), np.asarray(sy))
+    return float(np.abs(chip[:, rows, cols].astype(np.float64) - ref).max())
+
+
+@pytest.fixture
+def xbd_dir(shared_dir: Path) -> Path:
+    d = shared_dir / XBD
+    if not d.is_dir():
+        pytest.skip(f"needs {d}")
+    return d
+
+
+@pytest.fixture
+def joplin_dir(shared_dir: Path) -> Path:
+    d = shared_dir / JOPLIN
+    if not d.is_dir():
+        pytest.skip(f"needs {d}")
+    return d
+
+
+# ----------------------------------------------------------------------------- chips
+
+
+def test_chip_geobox_centred_on_footprint_with_buffer_in_metres():
+    poly = _building(40, 40, 30, 20)
+    gbox = chip_geobox(poly, "EPSG:4326", chip_size=64, buffer_m=10.0)
+    assert gbox.crs.epsg == 32610 and gbox.shape.yx == (64, 64)
+    m = gpd.GeoSeries([poly], crs=4326).to_crs(32610)
+    minx, miny, maxx, maxy = m.total_bounds
+    side = max(maxx - minx, maxy - miny) + 20.0
+    assert gbox.resolution.x * 64 == pytest.approx(side, abs=1e-6)
+    assert -gbox.resolution.y == pytest.approx(gbox.resolution.x)
+    col, row = ~gbox.affine * (m.centroid.x[0], m.centroid.y[0])
+    assert abs(col - 32) < 1 and abs(row - 32) < 1
+    with pytest.raises(ConfigError, match="empty geometry"):
+        chip_geobox(Polygon(), "EPSG:4326", chip_size=64, buffer_m=1)
+
+
+def test_chip_pixels_centre_and_mask_outside(tmp_path):
+    post, polys, _ = _scene(tmp_path)
+    gdf = gpd.GeoDataFrame({"uid": ["a", "b", "c", "d"]}, geometry=polys, crs="EPSG:4326")
+    with FootprintChipReader(gdf, post, chip_size=64, buffer_m=5.0) as reader:
+        assert reader.bands == ("post_b1", "post_b2", "post_b3") and reader.dtype == np.uint8
+        chip = reader.read(0)
+        assert chip.shape == (3, 64, 64) and chip.dtype == np.uint8
+        assert _check_chip_pixels(chip, reader.geoboxes[0], post, np.random.default_rng(0)) <= 1.0
+    bright = np.argwhere(chip[0] > 150)
+    assert np.abs(bright.mean(0) - 31.5).max() < 1.0  # the roof is centred
+    # roof extent: 30 x 20 px of ~0.44 x 0.56 m => ~13.1 x 11.1 m, chip side 13.1 + 10 m
+    res = reader.geoboxes[0].resolution.x
+    assert res * 64 == pytest.approx(30 * RES * 87_300 + 10, rel=0.01)
+    with FootprintChipReader(gdf, post, chip_size=64, buffer_m=5.0, mask_outside=0.0) as reader:
+        masked = reader.read(0)
+    assert (masked[:, :4, :4] == 0).all() and (masked[:, 29:35, 29:35] == 220).all()
+    with FootprintChipReader(gdf, post, chip_size=64, buffer_m=5.0, mask_outside=0.5) as reader:
+        half = reader.read(0)
+    assert np.abs(half[:, :4, :4].astype(int) - np.round(chip[:, :4, :4] * 0.5)).max() <= 1
+
+
+def test_export_index_statuses_and_dataset(tmp_path):
+    post, polys, _ = _scene(tmp_path)
+    far = box(-122.70, 38.47, -122.6999, 38.4701)  # 3 km east of the scene
+    gdf = gpd.GeoDataFrame(
+        {"uid": ["a", "b", "c", "d", "far", "empty"], "subtype": ["no-damage", "destroyed", "no-damage", "un-classified", "destroyed", "destroyed"],
+         "tile": "t1"},
+        geometry=[*polys, far, Polygon()], crs="EPSG:4326",
+    )  # fmt: skip
+    with pytest.warns(FootprintWarning, match="empty geometry"):
+        labelled, report = assign_classes(gdf, "subtype", XBD_BINARY)
+    assert report == {"un-classified": ["d"], "empty_geometry": ["empty"]}
+    with pytest.warns(FootprintWarning, match=r"1 footprints lie outside the post imagery.*\['far'\]"):
+        index = export_footprint_chips(labelled, {"t1": post}, tmp_path / "out", chip_size=32, buffer_m=5.0, split={"t1": "train"})
+    assert index["footprint_id"].tolist() == ["a", "b", "c", "d", "far", "empty"]
+    assert index["status"].tolist() == ["ok", "ok", "ok", "excluded", "outside_imagery", "empty_geometry"]
+    assert index["class_value"].tolist() == [0, 1, 0, -1, 1, -1]
+    assert index["chip"].notna().tolist() == [True, True, True, False, False, False]
+    assert (index["split"] == "train").all() and (index["tile"] == "t1").all()
+    back = gpd.read_parquet(tmp_path / "out" / "chips.parquet")
+    assert len(back) == 6 and back.crs.to_epsg() == 4326 and back.geometry.iloc[0].equals(polys[0])
+    meta = json.loads((tmp_path / "out" / "chips.json").read_text())
+    assert meta["bands"] == ["post_b1", "post_b2", "post_b3"] and meta["chip_size"] == 32
+    with rasterio.open(tmp_path / "out" / index["chip"].iloc[1]) as src:
+        assert src.count == 3 and src.shape == (32, 32) and src.crs.to_epsg() == 32610
+        assert list(src.transform)[:6] == pytest.approx(index["chip_transform"].iloc[1])
+        assert src.descriptions == ("post_b1", "post_b2", "post_b3")
+    ds = FootprintChipDataset(tmp_path / "out" / "chips.parquet", "train")
+    assert len(ds) == 3 and ds.targets.tolist() == [0, 1, 0]
+    img, target = ds[1]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.float32 and target.dtype == torch.int64 and int(target) == 1
+    assert float(img[:, 14:18, 14:18].mean()) == pytest.approx(20.0, abs=1)  # burnt roof
+    assert len(FootprintChipDataset(tmp_path / "out", "valid")) == 0
+    mean, std = chip_band_statistics(tmp_path / "out", "train")
+    pixels = np.stack([ds[i][0].numpy() for i in range(3)]).transpose(1, 0, 2, 3).reshape(3, -1)
+    assert mean == pytest.approx(pixels.mean(1)) and std == pytest.approx(pixels.std(1), rel=1e-5)
+    with pytest.raises(ImageryNotFoundError, match="missing.tif"):
+        FootprintChipReader(gdf, tmp_path / "missing.tif")
+
+
+def test_santa_rosa_chips_geolocated_and_outside_tiles_reported(xbd_dir):
+    gdf = read_footprints(read_xbd_labels(sorted((xbd_dir / "labels").glob("*_post_disaster.json"))))
+    post = xbd_dir / "images" / "santa-rosa-wildfire_00000012_post_disaster.tif"
+    with pytest.warns(FootprintWarning, match="711 footprints lie outside the post imagery"):
+        reader = FootprintChipReader(gdf, post, chip_size=128, buffer_m=5.0)
+    with reader:
+        ok = reader.status == "ok"
+        assert ok.sum() == 172 == (gdf["tile"] == "santa-rosa-wildfire_00000012").sum()
+        assert (gdf.loc[ok, "tile"] == "santa-rosa-wildfire_00000012").all()
+        # every chip GeoBox: bbox (in UTM 10N) + 2 x buffer, centred on the bbox
+        m = gdf.to_crs(32610).bounds.to_numpy()
+        side = np.maximum(m[:, 2] - m[:, 0], m[:, 3] - m[:, 1]) + 10.0
+        assert reader.metric_crs == "EPSG:32610"
+        assert np.allclose([g.resolution.x * 128 for g in reader.geoboxes], side)
+        cx, cy = (m[:, 0] + m[:, 2]) / 2, (m[:, 1] + m[:, 3]) / 2
+        centre = np.array([~g.affine * (x, y) for g, x, y in zip(reader.geoboxes, cx, cy, strict=True)])
+        assert np.abs(centre - 64).max() < 1e-6
+        with rasterio.open(post) as src:
+            image_box = box(*src.bounds)
+        rng = np.random.default_rng(1)
+        interior = [i for i in np.flatnonzero(ok) if reader.geoboxes[i].extent.to_crs(4326).geom.within(image_box)]
+        assert len(interior) > 100
+        for i in rng.choice(interior, 5, replace=False):
+            # interior chips only: an edge chip's off-image part is 0, not the bilinear value
+            assert _check_chip_pixels(reader.read(int(i)), reader.geoboxes[i], post, rng) <= 1.0
+
+
+def test_joplin_pre_post_in_different_crs_on_one_geobox(joplin_dir, tmp_path):
+    pre = joplin_dir / "pre" / "tile_1361-10160.tif"  # EPSG:26915, 0.6 m
+    post = joplin_dir / "post" / "tile_32524-5137.tif"  # EPSG:4326
+    centres = [(-94.4900, 37.0705), (-94.4915, 37.0700), (-94.4885, 37.0712)]
+    polys = [box(x - 8e-5, y - 6e-5, x + 8e-5, y + 6e-5) for x, y in centres]
+    fp = gpd.GeoDataFrame({"bid": ["p0", "p1", "p2"]}, geometry=polys, crs="EPSG:4326")
+    in_3857, in_26915 = fp.to_crs(3857), fp.to_crs(26915)
+    index = export_footprint_chips(read_footprints(in_3857, id_field="bid"), post, tmp_path / "j", pre=pre, chip_size=128, buffer_m=5.0)
+    assert index["status"].tolist() == ["ok"] * 3 and index.crs.to_epsg() == 3857
+    with FootprintChipReader(in_26915, post, pre=pre, chip_size=128, buffer_m=5.0) as r26915:
+        assert r26915.bands == ("post_b1", "post_b2", "post_b3", "pre_b1", "pre_b2", "pre_b3")
+        for i in range(3):
+            # the footprint CRS does not change the chip GeoBox
+            assert list(r26915.geoboxes[i].affine)[:6] == pytest.approx(index["chip_transform"].iloc[i], abs=1e-6)
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        with rasterio.open(tmp_path / "j" / index["chip"].iloc[i]) as src:
+            chip = src.read()
+            assert src.count == 6 and src.crs.to_epsg() == 32615
+            from odc.geo.geobox import GeoBox
+
+            gbox = GeoBox.from_rio(src)
+        # both halves sit where their own (differently projected) source puts these coordinates
+        assert _check_chip_pixels(chip[:3], gbox, post, rng) <= 1.0
+        assert _check_chip_pixels(chip[3:], gbox, pre, rng) <= 1.0
+
+
+def test_joplin_footprints_outside_imagery_are_kept(joplin_dir, tmp_path):
+    fp = read_footprints(joplin_dir / "bldg_polys_msft_footprints.gpkg")
+    assert len(fp) == 77 and fp.crs.to_epsg() == 4326
+    pre = joplin_dir / "pre" / "tile_1361-10160.tif"
+    post = joplin_dir / "post" / "tile_32524-5137.tif"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = export_footprint_chips(fp, post, tmp_path / "j", pre=pre, chip_size=32)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, FootprintWarning)]
+    # the footprints lie west of both tiles; one touches the post tile's west edge only
+    assert any(m.startswith("76 footprints lie outside the post imagery") for m in msgs)
+    assert any(m.startswith("1 footprints lie outside the pre imagery") for m in msgs)
+    assert len(index) == 77 and (index["status"] == "outside_imagery").all() and index["chip"].isna().all()
+    assert index["footprint_id"].tolist() == [str(i) for i in range(77)]
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+SPEC_CLASSES = (ClassInfo(0, "not destroyed"), ClassInfo(1, "destroyed"))
+
+
+def _classifier(seed: int = 0, bands=("post_b1", "post_b2", "post_b3"), chip_size: int = 32) -> ObjectClassifier:
+    torch.manual_seed(seed)
+    return build_classifier(bands, SPEC_CLASSES, mean=[70.0] * len(bands), std=[60.0] * len(bands), chip_size=chip_size, buffer_m=5.0)
+
+
+def test_classifier_spec_roundtrip_and_weights(tmp_path):
+    model = _classifier().eval()
+    spec = model.spec
+    assert spec.in_channels == 3 and spec.num_classes == 2 and not spec.stack_pre and spec.pretrained is None
+    d = json.loads(json.dumps(spec.to_dict()))
+    assert ClassifierSpec.from_dict(d).to_dict() == d and ClassifierSpec.from_dict(d).bands == spec.bands
+    x = torch.rand(2, 3, 32, 32) * 255
+    out = model(x)
+    assert out.shape == (2, 2) and out.dtype == torch.float32
+    path = save_weights(model, tmp_path / "m.safetensors")
+    other = load_weights(ObjectClassifier(spec), path).eval()
+    assert torch.equal(other(x), out) and torch.equal(other.mean.flatten(), torch.full((3,), 70.0))
+    six = _classifier(bands=("post_b1", "post_b2", "post_b3", "pre_b1", "pre_b2", "pre_b3"))
+    assert six.spec.stack_pre and six.eval()(torch.zeros(1, 6, 32, 32)).shape == (1, 2)
+    with pytest.raises(ConfigError, match="Unknown timm model"):
+        build_classifier(["a"], SPEC_CLASSES, mean=[0], std=[1], model_name="resnet_nope")
+    with pytest.raises(ConfigError, match="mean/std"):
+        build_classifier(["a", "b"], SPEC_CLASSES, mean=[0], std=[1])
+
+
+def test_inverse_frequency_weights():
+    w = inverse_frequency_weights([0, 0, 0, 1], 3)
+    assert w.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1), 0.0])
+    assert inverse_frequency_weights([0, 1, 0, 1], 2).tolist() == [1.0, 1.0]
+
+
+class _Chips(Dataset):
+    """Seeded chips: class 1 = dark roof in the centre, class 0 = bright roof."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.targets = (torch.rand(n, generator=g) < 0.35).long().numpy()
+        self.x = 60 + 20 * torch.rand(n, 3, 32, 32, generator=g)
+        for i, t in enumerate(self.targets):
+            self.x[i, :, 10:22, 10:22] = 20.0 if t else 220.0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.x[i], torch.tensor(int(self.targets[i]))
+
+
+class _Tiny(torch.nn.Module):
+    """Stand-in classifier (one conv + pooling) so the loop test is fast on 2 CPU cores."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(128, 2),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - 70.0) / 60.0)
+
+
+def test_trainer_learns_records_per_class_metrics_and_is_seeded(tmp_path):
+    train, valid = _Chips(48, 0), _Chips(24, 1)
+
+    def run():
+        t = ClassifierTrainer(
+            _Tiny(), train, valid, classes=SPEC_CLASSES, batch_size=8, seed=3, checkpoint=tmp_path / "best.safetensors"
+        )
+        return t, t.fit(4, 3e-2)
+
+    t1, h1 = run()
+    _, h2 = run()
+    assert [r.train_loss for r in h1] == [r.train_loss for r in h2]
+    assert h1[-1].train_loss < h1[0].train_loss
+    assert t1.class_weights.tolist() == pytest.approx(inverse_frequency_weights(train.targets, 2).tolist())
+    assert t1.best_epoch == int(np.argmax([r.valid_macro_f1 for r in h1])) + 1
+    best = h1[t1.best_epoch - 1]
+    assert set(best.valid_f1) == {"not destroyed", "destroyed"} and best.valid_n == 24
+    # the record's figures are those of the restored best weights
+    with torch.no_grad():
+        pred = t1.model(valid.x).argmax(1).numpy()
+    m = compute_metrics(valid.targets, pred, [0, 1], ["not destroyed", "destroyed"], ignore_index=None)
+    assert m.f1 == pytest.approx(best.valid_f1, nan_ok=True) and m.macro_f1 == pytest.approx(best.valid_macro_f1)
+    assert best.valid_macro_f1 > 0.9  # a dark vs bright roof is learnt in 4 epochs
+    reloaded = load_weights(_Tiny(seed=9), tmp_path / "best.safetensors").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(valid.x).argmax(1), t1.model(valid.x).argmax(1))
+    assert json.dumps(t1.history_table())  # JSON-ready
+
+
+def test_classify_objects_keeps_every_row_and_attribute(tmp_path):
+    post, polys, _ = _scene(tmp_path)
+    pre, _, _ = _scene(tmp_path, "pre", seed=1)
+    fp = gpd.GeoDataFrame(
+        {"bid": ["a", "b", "c", "d", "far", "empty"], "height": [3.0, 4.5, 6.0, 2.5, 8.0, 1.0],
+         "class_value": [0, 1, 0, 1, 1, 0]},
+        geometry=[*polys, box(-122.70, 38.47, -122.6999, 38.4701), Polygon()], crs="EPSG:4326",
+    ).to_crs(32610).set_index(pd.Index([10, 11, 12, 13, 14, 15]))  # fmt: skip
+    model = _classifier()
+    with pytest.warns(FootprintWarning):
+        out = classify_objects(model, fp, post, id_field="bid", batch_size=3, device="cpu", out_path=tmp_path / "o.parquet")
+    assert len(out) == 6 and out.index.tolist() == [10, 11, 12, 13, 14, 15] and out.crs.to_epsg() == 32610
+    assert out["height"].tolist() == fp["height"].tolist() and out.geometry.geom_equals(fp.geometry).all()
+    assert out["class_value_input"].tolist() == [0, 1, 0, 1, 1, 0]  # a reference column is kept, renamed
+    assert out["status"].tolist() == ["ok"] * 4 + ["outside_imagery", "empty_geometry"]
+    assert out["class_value"].isna().tolist() == [False] * 4 + [True, True]
+    assert str(out["class_value"].dtype) == "Int64"
+    probs = out[[probability_column(c.name) for c in SPEC_CLASSES]].to_numpy()
+    assert list(out.columns[-4:-1]) == ["confidence", "prob_not_destroyed", "prob_destroyed"]
+    assert np.allclose(probs[:4].sum(1), 1.0) and np.isnan(probs[4:]).all()
+    assert np.allclose(out["confidence"][:4], probs[:4].max(1)) and out["confidence"][4:].isna().all()
+    assert out["class_value"][:4].tolist() == probs[:4].argmax(1).tolist()
+    assert out["class_name"].tolist()[:4] == [SPEC_CLASSES[k].name for k in probs[:4].argmax(1)]
+    assert out["class_name"].tolist()[4:] == [None, None]
+    back = gpd.read_parquet(tmp_path / "o.parquet")
+    assert len(back) == 6 and back["bid"].tolist() == fp["bid"].tolist() and back["class_value"].isna().sum() == 2
+    assert not list(tmp_path.glob(".*.tmp"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FootprintWarning)
+        classify_objects(model, fp, post, id_field="bid", device="cpu", out_path=tmp_path / "o.geojson", driver="GeoJSON")
+        gj = gpd.read_file(tmp_path / "o.geojson")
+        assert len(gj) == 6 and gj.crs.to_epsg() == 4326 and gj["status"].tolist() == out["status"].tolist()
+        with pytest.raises(BandMismatchError, match="pass the pre-event"):
+            classify_objects(_classifier(bands=("post_b1", "post_b2", "post_b3", "pre_b1", "pre_b2", "pre_b3")), fp, post)
+        with pytest.raises(BandMismatchError, match="post bands only"):
+            classify_objects(model, fp, post, pre=pre)
+        one_band = _classifier(bands=("post_b1",))
+        with pytest.raises(BandMismatchError, match="give 3 channels"):
+            classify_objects(one_band, fp, post)
+        with pytest.raises(ConfigError, match="driver"):
+            classify_objects(model, fp, post, driver="Shapefile")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- workflow
+
+
+def test_split_tiles_keeps_tiles_whole():
+    rng = np.random.default_rng(0)
+    fp = gpd.GeoDataFrame(
+        {"tile": np.repeat([f"x_{i:08d}" for i in range(6)], 10), "class_value": rng.integers(0, 2, 60)},
+        geometry=[box(0, 0, 1, 1)] * 60, crs="EPSG:4326",
+    )  # fmt: skip
+    s = split_tiles(fp, valid_fraction=0.34, seed=0)
+    assert sorted(s) == sorted(fp["tile"].unique()) and sum(v == "valid" for v in s.values()) == 2
+    assert s == split_tiles(fp, valid_fraction=0.34, seed=0)
+    assert split_tiles(fp, valid_tiles=["00000003"]) == {t: "valid" if t == "x_00000003" else "train" for t in s}
+    with pytest.raises(ConfigError, match="matches no tile"):
+        split_tiles(fp, valid_tiles=["00000042"])
+
+
+@pytest.mark.realdata
+def test_run_damage_on_santa_rosa(xbd_dir, tmp_path):
+    tiles = ["00000021", "00000066", "00000089"]
+    config = DamageConfig(chip_size=64, buffer_m=10.0, epochs=3, batch_size=32, valid_tiles=("00000021",), seed=0, device="cpu")
+    r = run_damage(xbd_dir, tmp_path / "run", config, tiles=tiles, log=lambda _: None)
+    assert r.valid_tiles == ["santa-rosa-wildfire_00000021"]
+    assert r.train_tiles == ["santa-rosa-wildfire_00000066", "santa-rosa-wildfire_00000089"]
+    assert json.loads((tmp_path / "run" / "split.json").read_text())["santa-rosa-wildfire_00000021"] == "valid"
+    assert set(r.tiles) == {f"santa-rosa-wildfire_{t}" for t in tiles}
+    assert r.tiles["santa-rosa-wildfire_00000021"].pre_image.name == "santa-rosa-wildfire_00000021_pre_disaster.tif"
+    # 13 + 160 + 195 buildings; tile 21 holds the 2 un-classified ones
+    index = gpd.read_parquet(r.chips_index)
+    assert len(index) == 368 and index["status"].value_counts().to_dict() == {"ok": 366, "excluded": 2}
+    assert r.excluded == {"un-classified": index.loc[index["status"] == "excluded", "footprint_id"].tolist()}
+    assert set(index.loc[index["split"] == "valid", "tile"]) == {"santa-rosa-wildfire_00000021"}
+    assert r.n_train == 355 and len(r.history) == 3 and r.best_epoch in (1, 2, 3)
+    # per-building output: every building of the validation tile, reference and prediction
+    pred = gpd.read_parquet(r.predictions)
+    assert len(pred) == 13 and pred["status"].eq("ok").all() and pred["class_value"].notna().all()
+    assert pred["reference_value"].value_counts().to_dict() == {1: 6, 0: 5, -1: 2}
+    m = r.metrics
+    assert r.n_valid == m.n_samples == 11 == int(m.confusion.sum())
+    cm = m.confusion
+    assert cm.sum(1).tolist() == [5, 6]  # reference no-damage / destroyed on tile 21
+    scored = pred[pred["reference_value"] >= 0]
+    assert cm.tolist() == pd.crosstab(scored["reference_value"], scored["class_value"]).reindex(
+        index=[0, 1], columns=[0, 1], fill_value=0).to_numpy().tolist()  # fmt: skip
+    for k, name in enumerate(["undamaged", "damaged"]):
+        tp, fp_, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
+        assert 0.0 <= m.f1[name] <= 1.0 and m.f1[name] == pytest.approx(2 * tp / (2 * tp + fp_ + fn))
+    report = json.loads(r.evaluation_json.read_text())
+    assert report["models"]["resnet18"]["confusion"] == cm.tolist() and r.confusion_png.stat().st_size > 1000
+    assert r.history[r.best_epoch - 1].valid_macro_f1 == pytest.approx(m.macro_f1)
+    # the saved weights + spec rebuild the model and give the same per-building probabilities
+    spec = ClassifierSpec.from_dict(json.loads(r.spec_path.read_text()))
+    assert spec.to_dict() == r.spec.to_dict() and spec.chip_size == 64 and spec.extra["valid_tiles"] == r.valid_tiles
+    model = load_weights(ObjectClassifier(spec), r.weights_path)
+    tile = r.tiles["santa-rosa-wildfire_00000021"]
+    assert spec.stack_pre and len(spec.bands) == 6  # pre image stacked by default
+    again = classify_objects(model, pred.drop(columns=["class_value", "class_name", "confidence", "status"]),
+                             tile.post_image, pre=tile.pre_image, device="cpu")  # fmt: skip
+    assert np.allclose(again["prob_damaged"], pred["prob_damaged"], atol=1e-5)
+    assert find_xbd_tiles(xbd_dir).keys() >= r.tiles.keys()
