@@ -436,9 +436,10 @@ def test_split_tiles_keeps_tiles_whole():
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_run_damage_on_santa_rosa(xbd_dir, tmp_path):
     tiles = ["00000021", "00000066", "00000089"]
-    config = DamageConfig(chip_size=64, buffer_m=10.0, epochs=3, batch_size=32, valid_tiles=("00000021",), seed=0, device="cpu")
+    config = DamageConfig(chip_size=64, buffer_m=10.0, epochs=2, batch_size=32, valid_tiles=("00000021",), seed=0, device="cpu")
     r = run_damage(xbd_dir, tmp_path / "run", config, tiles=tiles, log=lambda _: None)
     assert r.valid_tiles == ["santa-rosa-wildfire_00000021"]
     assert r.train_tiles == ["santa-rosa-wildfire_00000066", "santa-rosa-wildfire_00000089"]
@@ -450,7 +451,7 @@ def test_run_damage_on_santa_rosa(xbd_dir, tmp_path):
     assert len(index) == 368 and index["status"].value_counts().to_dict() == {"ok": 366, "excluded": 2}
     assert r.excluded == {"un-classified": index.loc[index["status"] == "excluded", "footprint_id"].tolist()}
     assert set(index.loc[index["split"] == "valid", "tile"]) == {"santa-rosa-wildfire_00000021"}
-    assert r.n_train == 355 and len(r.history) == 3 and r.best_epoch in (1, 2, 3)
+    assert r.n_train == 355 and len(r.history) == 2 and r.best_epoch in (1, 2)
     # per-building output: every building of the validation tile, reference and prediction
     pred = gpd.read_parquet(r.predictions)
     assert len(pred) == 13 and pred["status"].eq("ok").all() and pred["class_value"].notna().all()

@@ -36,7 +36,12 @@ import pystac
 
 from staclearn.classifier import ClassifierSpec, ObjectClassifier, build_classifier
 from staclearn.classify import ClassifierEpoch, ClassifierTrainer, classify_objects
-from staclearn.errors import AssetNotFoundError, ConfigError, FootprintsNotFoundError, NoItemsFoundError
+from staclearn.errors import (
+    AssetNotFoundError,
+    ConfigError,
+    FootprintsNotFoundError,
+    NoItemsFoundError,
+)
 from staclearn.evaluate import ClassificationMetrics, compute_metrics, write_report
 from staclearn.footprint_chips import (
     FootprintChipDataset,
