@@ -1,0 +1,1309 @@
+"""Change detection on before/after image pairs: STAC pairs -> one GeoBox -> chips -> model -> change mask.
+
+A *pair* is two dates of the same place, loaded onto **one** GeoBox (by default the native
+grid of the finest requested band of the ``before`` Items, e.g. the 10 m grid of Sentinel-2
+B02; coarser bands are resampled onto it by odc-stac). Every later step works on the two
+dates *stacked as channels*: a ``(2C, H, W)`` image whose channel order is the C ``before``
+bands then the same C ``after`` bands, named ``t1:<band>`` and ``t2:<band>``. So the chip
+export, the trainer, the kornia augmentation (one geometric transform for every channel and
+the mask, hence for both dates) and the tiled prediction are those of land cover. Each
+date may be z-scored by its own band statistics first (``standardize``), so radiometric
+differences between seasons and places are not change.
+
+Two models take that stacked input (Daudt, Le Saux and Boulch 2018, "Fully convolutional
+siamese networks for change detection", ICIP):
+
+* ``fusion="early"`` (FC-EF): a U-Net on the 2C channels (:class:`staclearn.models.SegmentationModel`);
+* ``fusion="siam-diff"`` (FC-Siam-diff): :class:`SiameseDiffUnet`, one encoder shared by the
+  two dates and a U-Net decoder fed with the absolute feature differences ``|f1 - f2|``.
+
+Labels are class indices 0 = no change, 1 = change, 255 = unlabelled (OSCD's 1/2 masks are
+mapped through their ``classification:classes``). The classic baseline is change vector
+analysis (CVA; Malila 1980, "Change vector analysis: an approach for detecting forest
+changes with Landsat", LARS symposia): the magnitude of the per-pixel difference of
+z-scored bands, thresholded where it maximises F1 on the training areas.
+
+:func:`run_change` chains it all for a catalog of pairs grouped by city (the OSCD catalog
+built by ``scripts/build_oscd_catalog.py``), split by city, so validation cities are unseen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+import torch
+import xarray as xr
+from odc.geo.geobox import GeoBox
+from torch import nn
+from torch.nn import functional as F
+
+from staclearn.chips import TRAIN, VALID, ChipDataset, band_statistics, export_chips
+from staclearn.cube import band_names, load_cube, valid_mask
+from staclearn.errors import (
+    AssetNotFoundError,
+    BandMismatchError,
+    ConfigError,
+    GeoBoxMismatchError,
+    LabelError,
+    NoItemsFoundError,
+    NoOverlapError,
+    StaclearnWarning,
+)
+from staclearn.evaluate import ClassificationMetrics, compute_metrics, write_report
+from staclearn.labels import (
+    IGNORE_INDEX,
+    ClassInfo,
+    classes_from_item,
+    load_label_raster,
+    values_to_indices,
+)
+from staclearn.models import ModelSpec, SegmentationModel, load_weights, save_weights
+from staclearn.predict import (
+    CLASS_MAP_NODATA,
+    predict_class_map,
+    predict_probabilities,
+    write_cog,
+)
+from staclearn.search import bbox_intersects, item_time_range, open_items
+from staclearn.train import EpochRecord, Trainer, class_weights
+
+__all__ = [
+    "CHANGE_CLASSES",
+    "DATE_PREFIXES",
+    "FUSIONS",
+    "pair_band_names",
+    "load_pair",
+    "load_png_pair",
+    "stack_pair",
+    "export_change_chips",
+    "SiameseDiffUnet",
+    "build_change_model",
+    "load_change_model",
+    "ChangeLoss",
+    "ChangePrediction",
+    "predict_change",
+    "change_vector_magnitude",
+    "fit_cva_threshold",
+    "cva_mask",
+    "ChangeConfig",
+    "PairItems",
+    "ChangeResult",
+    "run_change",
+]
+
+CHANGE_CLASSES: tuple[ClassInfo, ...] = (
+    ClassInfo(0, "no change", "D9D9D9", "No change between the two dates"),
+    ClassInfo(1, "change", "E31A1C", "Change between the two dates"),
+)
+"""Classes of change masks: value 0 no change, 1 change (255 = nodata / unlabelled)."""
+
+DATE_PREFIXES = ("t1:", "t2:")
+"""Prefixes of the stacked band names: ``t1:`` the before date, ``t2:`` the after date."""
+
+FUSIONS = ("early", "siam-diff")
+"""Model fusion types: early fusion (FC-EF) and siamese feature differences (FC-Siam-diff)."""
+
+#: Sentinel-2 10 m and 20 m bands, the default of :class:`ChangeConfig`.
+S2_10M_20M = ("B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12")
+
+
+def pair_band_names(bands: Sequence[str]) -> list[str]:
+    """Names of the stacked channels: ``t1:<band>`` for each band, then ``t2:<band>``.
+
+    Args:
+        bands: the C band names of one date.
+
+    Returns:
+        2C names, before bands first.
+    """
+    return [f"{p}{b}" for p in DATE_PREFIXES for b in bands]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading pairs
+# --------------------------------------------------------------------------------------------
+
+
+def _ids(items: Sequence[pystac.Item]) -> list[str]:
+    return [i.id for i in items]
+
+
+def _union_bbox(items: Sequence[pystac.Item]) -> list[float] | None:
+    boxes = [i.bbox for i in items if i.bbox is not None]
+    if not boxes:
+        return None
+    return [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+
+
+def _check_order(before: Sequence[pystac.Item], after: Sequence[pystac.Item], allow_reversed: bool) -> None:
+    t1 = min(item_time_range(i)[0] for i in before)
+    t2 = min(item_time_range(i)[0] for i in after)
+    if t1 > t2 and not allow_reversed:
+        raise ConfigError(
+            f"The before Items {_ids(before)} ({t1.isoformat()}) are later than the after Items "
+            f"{_ids(after)} ({t2.isoformat()}). Swap before_items and after_items, or pass "
+            "allow_reversed=True to detect change backwards in time."
+        )
+
+
+def _check_pair_bands(before: Sequence[pystac.Item], after: Sequence[pystac.Item], bands: Sequence[str]) -> None:
+    have_b, have_a = band_names(before), band_names(after)
+    miss_b = [b for b in bands if b not in have_b]
+    miss_a = [b for b in bands if b not in have_a]
+    if miss_b or miss_a:
+        raise BandMismatchError(
+            f"The two dates do not both hold bands {list(bands)}: the before Items {_ids(before)} "
+            f"lack {miss_b} (they have {have_b}); the after Items {_ids(after)} lack {miss_a} "
+            f"(they have {have_a}). Pass only bands present on both dates."
+        )
+
+
+def _check_pair_overlap(before: Sequence[pystac.Item], after: Sequence[pystac.Item]) -> None:
+    b, a = _union_bbox(before), _union_bbox(after)
+    if b is not None and a is not None and not bbox_intersects(b, a):
+        raise NoOverlapError(
+            f"The before Items {_ids(before)} (bbox {b}) and the after Items {_ids(after)} "
+            f"(bbox {a}) do not overlap. Pair Items of the same place (same city, same tile)."
+        )
+
+
+def _pair_geobox(items: Sequence[pystac.Item], bands: Sequence[str], resolution: float | None) -> GeoBox:
+    import odc.stac
+
+    parsed = list(odc.stac.parse_items(items))
+    native = parsed[0].geoboxes(list(bands))
+    if native and resolution is None and len(items) == 1:
+        return native[0]
+    crs = parsed[0].crs(list(bands))
+    if resolution is None:
+        if not native:
+            raise ConfigError(
+                f"The before Items {_ids(items)} have no proj metadata for bands {list(bands)}: "
+                "pass geobox= or resolution= (in units of their CRS)."
+            )
+        resolution = min(abs(native[0].resolution.x), abs(native[0].resolution.y))
+    gbox = odc.stac.output_geobox(parsed, list(bands), crs=crs, resolution=resolution)
+    if gbox is None:
+        raise ConfigError(f"Cannot derive a GeoBox from the before Items {_ids(items)}; pass geobox=.")
+    return gbox
+
+
+def _nodata_to_nan(cube: xr.DataArray) -> xr.DataArray:
+    nodata = cube.attrs.get("nodata")
+    out = cube.astype(np.float32)
+    if nodata is not None and not np.isnan(nodata):
+        out = out.where(out != nodata)
+    out.attrs = {**cube.attrs, "nodata": float("nan")}
+    return out
+
+
+def _load_date(
+    items: Sequence[pystac.Item], bands: Sequence[str], geobox: GeoBox, resampling: str, chunks: dict[str, int] | None
+) -> xr.DataArray:
+    cube = _nodata_to_nan(load_cube(items, bands=bands, geobox=geobox, resampling=resampling, chunks=chunks))
+    if cube.sizes["time"] > 1:  # several acquisitions of one date (tiles): one mosaic
+        first = cube.time.values[:1]
+        cube = cube.median("time", keep_attrs=True).expand_dims(time=first).transpose("time", "band", "y", "x")
+    return cube
+
+
+def _change_indices(idx: np.ndarray, classes: Sequence[ClassInfo], item_id: str) -> np.ndarray:
+    """Class indices of a two-class label raster -> 0 no change / 1 change (255 kept)."""
+    if len(classes) != 2:
+        raise LabelError(
+            f"Label Item {item_id!r} declares {len(classes)} classes {[c.name for c in classes]}; a "
+            "change mask needs exactly two (no change, change) in classification:classes."
+        )
+    names = [c.name.strip().lower() for c in classes]
+    change = names.index("change") if "change" in names else 1  # else: the higher value is change
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    lut[change], lut[1 - change] = 1, 0
+    return lut[idx]
+
+
+def _load_change_labels(item: pystac.Item, asset: str, geobox: GeoBox) -> xr.DataArray:
+    import rasterio
+    from odc.geo.xr import xr_coords
+    from rasterio.errors import NotGeoreferencedWarning
+
+    if asset not in item.assets:
+        raise AssetNotFoundError(
+            f"Label Item {item.id!r} has no asset {asset!r}; it has {sorted(item.assets)}. Pass label_asset=."
+        )
+    href = item.assets[asset].get_absolute_href() or item.assets[asset].href
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(href) as src:
+            georef = src.crs is not None  # without a CRS nothing can be reprojected
+            shape = (src.height, src.width)
+            raw = None if georef else src.read(1)
+            file_nodata = src.nodata
+    classes = classes_from_item(item, asset)
+    if georef:  # any grid, any CRS: reprojected onto the pair's GeoBox with nearest neighbour
+        idx = load_label_raster(item, geobox, asset=asset, classes=classes).values
+    else:
+        if shape != tuple(geobox.shape.yx):
+            raise GeoBoxMismatchError(
+                f"Label asset {asset!r} of Item {item.id!r} ({href}) has no georeference (no CRS, "
+                f"identity transform), so it cannot be reprojected, and its shape {shape} differs "
+                f"from the pair's grid {tuple(geobox.shape.yx)}. Use the georeferenced mask (for "
+                "OSCD: cm/<city>-cm_georef.tif) or load the pair on the grid the mask was drawn on."
+            )
+        warnings.warn(
+            StaclearnWarning(
+                f"Label asset {asset!r} of Item {item.id!r} has no georeference; its {shape} pixels "
+                "are taken to lie on the pair's grid because the shapes match."
+            ),
+            stacklevel=3,
+        )
+        nodata = file_nodata
+        if nodata is None:
+            rb = item.assets[asset].extra_fields.get("raster:bands") or [{}]
+            nodata = rb[0].get("nodata")
+        idx = values_to_indices(raw, classes, nodata=nodata)  # type: ignore[arg-type]
+    out = _change_indices(idx, classes, item.id)
+    return xr.DataArray(
+        out,
+        dims=("y", "x"),
+        coords=xr_coords(geobox, always_yx=True),
+        attrs={"classes": list(CHANGE_CLASSES), "ignore_index": IGNORE_INDEX, "nodata": IGNORE_INDEX},
+        name="change_labels",
+    )
+
+
+def load_pair(
+    before_items: Iterable[pystac.Item],
+    after_items: Iterable[pystac.Item],
+    *,
+    bands: Sequence[str],
+    geobox: GeoBox | None = None,
+    resolution: float | None = None,
+    label_item: pystac.Item | None = None,
+    label_asset: str = "labels",
+    resampling: str = "bilinear",
+    allow_reversed: bool = False,
+    chunks: dict[str, int] | None = None,
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray | None]:
+    """Load two dates (and their change labels) onto one GeoBox.
+
+    Both dates are loaded with odc-stac (:func:`staclearn.cube.load_cube`) onto the same
+    GeoBox; bands on coarser grids (Sentinel-2 20 m and 60 m) are resampled onto it with
+    ``resampling``. A label raster with a georeference in any grid or CRS is reprojected
+    onto it with nearest neighbour; a label raster *without* georeference (OSCD's original
+    ``<city>-cm.tif``) is accepted only when its shape equals the GeoBox's (with a warning).
+
+    Args:
+        before_items: Items of the first date (several are mosaicked: median per pixel).
+        after_items: Items of the second date.
+        bands: the C bands to load, in channel order (``eo:bands`` names or asset keys),
+            the same for both dates.
+        geobox: output GeoBox; default: the native grid of the finest of ``bands`` in the
+            ``before`` Items (e.g. the 10 m grid of B02).
+        resolution: output pixel size in units of the before Items' CRS (degrees for
+            EPSG:4326) when no ``geobox`` is given; the grid is then snapped by odc-stac.
+        label_item: Item whose ``label_asset`` is a two-class change raster with
+            ``classification:classes`` (a class named ``"change"``, or the higher value, is
+            change); ``None``: no labels.
+        label_asset: key of the label raster asset.
+        resampling: GDAL resampling of the imagery (``"bilinear"``, ``"nearest"``...).
+        allow_reversed: accept ``before`` Items later than ``after`` Items.
+        chunks: dask chunks passed to :func:`staclearn.cube.load_cube`.
+
+    Returns:
+        ``(before, after, labels)``: two lazy ``(time=1, band, y, x) float32`` cubes in the
+        Items' units (e.g. Sentinel-2 L1C digital numbers), NaN where there is no data
+        (``attrs["nodata"]`` NaN), and ``labels`` a ``(y, x) uint8`` DataArray of 0 no
+        change / 1 change / 255 unlabelled (or ``None``), all on the same GeoBox.
+
+    Raises:
+        NoItemsFoundError: ``before_items`` or ``after_items`` is empty.
+        ConfigError: the before Items are later than the after Items (and not
+            ``allow_reversed``); both ``geobox`` and ``resolution``; no band given.
+        BandMismatchError: a band is missing on one date (the message lists both band sets).
+        NoOverlapError: the two dates, or a given ``geobox``, do not overlap; no labelled
+            pixel on the grid.
+        GeoBoxMismatchError: the label raster has no georeference and a different shape.
+        AssetNotFoundError: the label Item has no ``label_asset``.
+        LabelError: the label Item does not declare two classes.
+    """
+    before, after = list(before_items), list(after_items)
+    if not before or not after:
+        raise NoItemsFoundError(
+            f"load_pair() needs Items for both dates; got {len(before)} before and {len(after)} after."
+        )
+    bands = list(bands)
+    if not bands:
+        raise ConfigError("load_pair() needs at least one band.")
+    if geobox is not None and resolution is not None:
+        raise ConfigError("Pass either geobox= or resolution=, not both.")
+    _check_order(before, after, allow_reversed)
+    _check_pair_bands(before, after, bands)
+    _check_pair_overlap(before, after)
+    if geobox is None:
+        geobox = _pair_geobox(before, bands, resolution)
+    else:
+        extent = list(geobox.extent.to_crs("EPSG:4326").boundingbox)
+        for date, items in (("before", before), ("after", after)):
+            box = _union_bbox(items)
+            if box is not None and not bbox_intersects(box, extent):
+                raise NoOverlapError(
+                    f"The GeoBox (bbox {extent}) misses the {date} Items {_ids(items)} (bbox {box}); "
+                    "pass a GeoBox over the pair or none."
+                )
+    cube_before = _load_date(before, bands, geobox, resampling, chunks)
+    cube_after = _load_date(after, bands, geobox, resampling, chunks)
+    labels = _load_change_labels(label_item, label_asset, geobox) if label_item is not None else None
+    return cube_before, cube_after, labels
+
+
+def load_png_pair(
+    a_path: str | os.PathLike[str],
+    b_path: str | os.PathLike[str],
+    label_path: str | os.PathLike[str] | None = None,
+    *,
+    bands: Sequence[str] = ("red", "green", "blue"),
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray | None]:
+    """Load a non-georeferenced image pair (LEVIR-CD PNGs) as cubes in pixel coordinates.
+
+    The cubes have no CRS: ``x`` and ``y`` are pixel-centre coordinates (0.5, 1.5, ...; ``y``
+    grows downwards), so models train and predict on them as on georeferenced pairs, but
+    their change masks cannot be written as COGs nor published as STAC Items with a geometry.
+
+    Args:
+        a_path: the before image (PNG or any raster GDAL reads), ``len(bands)`` bands or more.
+        b_path: the after image, same shape.
+        label_path: optional change label image (LEVIR: 0 no change, 255 change); its first
+            band is used, values >= 128 are change.
+        bands: names of the first bands of the images (LEVIR: RGB).
+
+    Returns:
+        ``(before, after, labels)``: ``(time=1, band, y, x) float32`` cubes in the images'
+        units (0-255 for 8-bit PNGs), ``attrs["nodata"]`` NaN (PNG pairs have no nodata), and
+        ``labels`` ``(y, x) uint8`` 0/1 or ``None``.
+
+    Warns:
+        StaclearnWarning: always, saying the pair has no georeference.
+
+    Raises:
+        FileNotFoundError: a file does not exist.
+        BandMismatchError: an image has fewer than ``len(bands)`` bands.
+        GeoBoxMismatchError: the images (or the label) differ in shape.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    def read(path: str | os.PathLike[str]) -> np.ndarray:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{os.fspath(path)!r} does not exist.")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return src.read()
+
+    a, b = read(a_path), read(b_path)
+    for path, arr in ((a_path, a), (b_path, b)):
+        if arr.shape[0] < len(bands):
+            raise BandMismatchError(f"{os.fspath(path)!r} has {arr.shape[0]} bands; bands={list(bands)} needs {len(bands)}.")
+    if a.shape[1:] != b.shape[1:]:
+        raise GeoBoxMismatchError(
+            f"{os.fspath(a_path)!r} is {a.shape[1:]} px but {os.fspath(b_path)!r} is {b.shape[1:]} px; "
+            "a non-georeferenced pair must have the same shape (nothing can be reprojected)."
+        )
+    h, w = a.shape[1:]
+    coords = {
+        "time": [np.datetime64("NaT", "ns")],
+        "band": list(bands),
+        "y": np.arange(h, dtype=np.float64) + 0.5,
+        "x": np.arange(w, dtype=np.float64) + 0.5,
+    }
+
+    def cube(arr: np.ndarray) -> xr.DataArray:
+        data = arr[None, : len(bands)].astype(np.float32)
+        return xr.DataArray(data, dims=("time", "band", "y", "x"), coords=coords, attrs={"nodata": float("nan")}, name="cube")
+
+    labels = None
+    if label_path is not None:
+        lab = read(label_path)[0]
+        if lab.shape != (h, w):
+            raise GeoBoxMismatchError(f"Label {os.fspath(label_path)!r} is {lab.shape} px but the images are {(h, w)} px.")
+        labels = xr.DataArray(
+            (lab >= 128).astype(np.uint8),
+            dims=("y", "x"),
+            coords={"y": coords["y"], "x": coords["x"]},
+            attrs={"classes": list(CHANGE_CLASSES), "ignore_index": IGNORE_INDEX, "nodata": IGNORE_INDEX},
+            name="change_labels",
+        )
+    warnings.warn(
+        StaclearnWarning(
+            f"{os.fspath(a_path)!r} and {os.fspath(b_path)!r} have no georeference: the cubes are in "
+            "pixel coordinates without CRS, so their change masks cannot be written as COGs nor "
+            "published as STAC Items with a geometry."
+        ),
+        stacklevel=2,
+    )
+    return cube(a), cube(b), labels
+
+
+def _band_yx(cube: xr.DataArray, what: str) -> xr.DataArray:
+    if "time" in cube.dims:
+        if cube.sizes["time"] != 1:
+            raise ConfigError(f"The {what} cube has {cube.sizes['time']} time steps; load one date per cube (load_pair).")
+        cube = cube.isel(time=0)
+    return cube.transpose("band", "y", "x")
+
+
+def _standardize(date: xr.DataArray) -> xr.DataArray:
+    mean = date.mean(("y", "x"), skipna=True)
+    std = date.std(("y", "x"), skipna=True)
+    return (date - mean) / std.where(std > 1e-6, 1.0)
+
+
+def stack_pair(before: xr.DataArray, after: xr.DataArray, *, standardize: bool = False) -> xr.DataArray:
+    """Stack two dates as channels: the model input of every change model here.
+
+    Args:
+        before: ``(time=1, band, y, x)`` or ``(band, y, x)`` cube of the first date.
+        after: the same for the second date, same bands and GeoBox.
+        standardize: z-score each band of each date with that date's own mean and standard
+            deviation over its valid pixels. This removes the radiometric offsets between
+            acquisitions and between places (top-of-atmosphere DN of different seasons and
+            cities), as Daudt et al.'s reference code does for each OSCD image; the values
+            are then unitless.
+
+    Returns:
+        ``(band, y, x) float32`` (lazy if the inputs are) with 2C bands named ``t1:<band>``
+        (before) then ``t2:<band>`` (after), NaN where a date has no data
+        (``attrs["nodata"]`` NaN), on the inputs' GeoBox.
+
+    Raises:
+        BandMismatchError: the two dates have different bands.
+        GeoBoxMismatchError: the two dates are not on the same grid.
+        ConfigError: a cube holds several dates.
+    """
+    b, a = _band_yx(before, "before"), _band_yx(after, "after")
+    bands_b = [str(v) for v in b.band.values]
+    bands_a = [str(v) for v in a.band.values]
+    if bands_b != bands_a:
+        raise BandMismatchError(
+            f"The before bands {bands_b} differ from the after bands {bands_a}; load both dates "
+            "with the same bands (load_pair)."
+        )
+    same_grid = b.sizes["y"] == a.sizes["y"] and b.sizes["x"] == a.sizes["x"]
+    if same_grid and b.odc.crs is not None:
+        same_grid = b.odc.geobox == a.odc.geobox
+    if not same_grid:
+        raise GeoBoxMismatchError(
+            f"The before cube ({dict(b.sizes)}, CRS {b.odc.crs}) and the after cube ({dict(a.sizes)}, "
+            f"CRS {a.odc.crs}) are not on one GeoBox; load them with load_pair (one GeoBox for both)."
+        )
+    parts = []
+    for prefix, date in zip(DATE_PREFIXES, (b, a), strict=True):
+        date = _nodata_to_nan(date)
+        if standardize:
+            date = _standardize(date)
+        parts.append(date.assign_coords(band=[f"{prefix}{n}" for n in bands_b]))
+    out = xr.concat(parts, dim="band", join="override", coords="minimal", compat="override").astype(np.float32)
+    out.attrs = {"nodata": float("nan")}
+    out.name = "pair"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Chips
+# --------------------------------------------------------------------------------------------
+
+
+def export_change_chips(
+    pairs: Mapping[str, tuple[xr.DataArray, xr.DataArray, xr.DataArray]],
+    out_dir: str | os.PathLike[str],
+    *,
+    valid_cities: Sequence[str],
+    tile_size: int = 64,
+    stride: int | None = None,
+    min_labelled: float = 0.0,
+    standardize: bool = False,
+):  # -> geopandas.GeoDataFrame
+    """Write before/after/label chips of several pairs, split by city, with one GeoParquet index.
+
+    Each pair is stacked with :func:`stack_pair` and cut by :func:`staclearn.chips.export_chips`
+    into ``out_dir/<city>/images`` (``(2C, tile, tile) float32`` GeoTIFFs, before bands then
+    after bands, NaN nodata) and ``out_dir/<city>/labels`` (0/1, 255 unlabelled and where a
+    date has no data). Whole cities go to ``"valid"``: no pixel of a validation city is in a
+    training chip.
+
+    Args:
+        pairs: ``{city: (before, after, labels)}`` from :func:`load_pair` / :func:`load_png_pair`.
+        out_dir: output folder; the index is ``out_dir/chips.parquet``.
+        valid_cities: names in ``pairs`` whose chips form the ``"valid"`` split.
+        tile_size: chip edge in pixels.
+        stride: step between chips in pixels (default ``tile_size``).
+        min_labelled: minimum labelled fraction of a chip, in [0, 1].
+        standardize: z-score each date of each pair by its own band statistics
+            (:func:`stack_pair`); the model must then be built with ``standardize=True``.
+
+    Returns:
+        The index GeoDataFrame (geometry: chip bounds in EPSG:4326, or pixel bounds with no
+        CRS for non-georeferenced pairs) with the columns of
+        :func:`staclearn.chips.export_chips` (``crs``/``transform``/``height``/``width``: the
+        chip's GeoBox) plus ``city``; paths are relative to ``out_dir``;
+        ``attrs["band_names"]`` lists the 2C stacked band names.
+
+    Raises:
+        ConfigError: a validation city is not in ``pairs``, no city is left for training,
+            pairs mix georeferenced and non-georeferenced cubes, or a pair has no labels.
+        LabelError: a city has no chip reaching ``min_labelled``.
+    """
+    import geopandas as gpd
+    import pandas as pd
+
+    valid = set(valid_cities)
+    unknown = sorted(valid - set(pairs))
+    if unknown:
+        raise ConfigError(f"Validation cities {unknown} are not among the pairs {sorted(pairs)}.")
+    if not set(pairs) - valid:
+        raise ConfigError(f"Every city {sorted(pairs)} is a validation city: leave at least one for training.")
+    out = Path(out_dir)
+    frames = []
+    crs_kinds = set()
+    names: list[str] = []
+    for city, (before, after, labels) in pairs.items():
+        if labels is None:
+            raise ConfigError(f"The pair {city!r} has no labels; load it with label_item= to export chips.")
+        stacked = stack_pair(before, after, standardize=standardize)
+        names = [str(b) for b in stacked.band.values]
+        image = np.asarray(stacked.values, dtype=np.float32)
+        geobox = stacked.odc.geobox
+        crs_kinds.add(geobox.crs is not None)
+        lab = np.where(valid_mask(image, float("nan")), np.asarray(labels.values), IGNORE_INDEX).astype(np.uint8)
+        split = np.full(lab.shape, VALID if city in valid else TRAIN, dtype=np.uint8)
+        index = export_chips(
+            image,
+            lab,
+            split,
+            geobox,
+            out / city,
+            tile_size=tile_size,
+            stride=stride,
+            min_labelled=min_labelled,
+            nodata=float("nan"),
+            band_names=names,
+        )
+        (out / city / "chips.parquet").unlink(missing_ok=True)  # one index for all cities
+        index["city"] = city
+        index["chip_id"] = city + "_" + index["chip_id"]
+        index["image"] = city + "/" + index["image"]
+        index["label"] = city + "/" + index["label"]
+        if index.crs is not None:
+            index = index.to_crs("EPSG:4326")
+        frames.append(index)
+    if len(crs_kinds) > 1:
+        raise ConfigError("Pairs mix georeferenced and non-georeferenced cubes; export them separately.")
+    combined = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=frames[0].crs)
+    combined.attrs["band_names"] = names
+    tmp = out / "chips.parquet.tmp"
+    combined.to_parquet(tmp)
+    os.replace(tmp, out / "chips.parquet")
+    return combined
+
+
+# --------------------------------------------------------------------------------------------
+# Models and loss
+# --------------------------------------------------------------------------------------------
+
+
+class SiameseDiffUnet(nn.Module):
+    """FC-Siam-diff (Daudt et al. 2018): a shared encoder per date, a U-Net decoder on ``|f1 - f2|``.
+
+    The input is the stacked pair (as for early fusion), z-score normalised with the spec's
+    2C mean/std, then split into the two dates; both go through the same smp encoder (one
+    batched pass, so BatchNorm sees both dates), and the decoder receives the absolute
+    feature difference at every scale, the bottleneck included (Daudt et al. feed the
+    bottleneck with the second date's features; the difference keeps the model symmetric in
+    the two dates).
+
+    Args:
+        spec: :class:`staclearn.models.ModelSpec` with ``architecture="Unet"``, 2C stacked
+            bands (``t1:*`` then ``t2:*``) and ``extra["fusion"] == "siam-diff"``.
+
+    Forward:
+        x: ``(B, 2C, H, W) float32`` in the imagery's units, H and W multiples of
+        ``spec.stride``. Returns logits ``(B, K, H, W) float32``.
+
+    Raises:
+        ConfigError: an odd number of bands or mean/std of another length.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        if spec.in_channels % 2 or len(spec.mean) != spec.in_channels or len(spec.std) != spec.in_channels:
+            raise ConfigError(
+                f"A siamese model needs 2C stacked bands with 2C means/stds; got {spec.in_channels} "
+                f"bands, {len(spec.mean)} means, {len(spec.std)} stds."
+            )
+        self.spec = spec
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.net = smp.Unet(
+            encoder_name=spec.encoder,
+            encoder_weights=spec.encoder_weights,
+            in_channels=spec.in_channels // 2,
+            classes=spec.num_classes,
+            encoder_depth=spec.encoder_depth,
+            decoder_channels=tuple(256 // 2**i for i in range(spec.encoder_depth)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        c = x.shape[1] // 2
+        feats = self.net.encoder(torch.cat([x[:, :c], x[:, c:]], 0))
+        n = x.shape[0]
+        diffs = [torch.abs(f[:n] - f[n:]) for f in feats]
+        return self.net.segmentation_head(self.net.decoder(diffs))
+
+
+def _model_from_spec(spec: ModelSpec) -> nn.Module:
+    fusion = spec.extra.get("fusion", "early")
+    if fusion == "early":
+        return SegmentationModel(spec)
+    if fusion == "siam-diff":
+        return SiameseDiffUnet(spec)
+    raise ConfigError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+
+
+def build_change_model(
+    bands: Sequence[str],
+    *,
+    mean: Sequence[float] | np.ndarray,
+    std: Sequence[float] | np.ndarray,
+    fusion: str = "early",
+    encoder: str = "resnet18",
+    encoder_weights: str | None = None,
+    encoder_depth: int = 5,
+    classes: Sequence[ClassInfo] = CHANGE_CLASSES,
+    standardize: bool = False,
+) -> nn.Module:
+    """Build a change model taking the stacked pair ``(B, 2C, H, W)``.
+
+    Args:
+        bands: the C bands of ONE date (e.g. ``["B02", "B03", ...]``); the model's input
+            bands are :func:`pair_band_names` of them (``t1:*`` then ``t2:*``).
+        mean: per-channel mean for the z-score, 2C values (e.g. from
+            :func:`staclearn.chips.band_statistics` of the stacked chips) or C values used for
+            both dates; in the imagery's units.
+        std: per-channel standard deviation, same length rules.
+        fusion: ``"early"`` (U-Net on the 2C channels, FC-EF) or ``"siam-diff"``
+            (:class:`SiameseDiffUnet`, FC-Siam-diff), Daudt et al. 2018.
+        encoder: smp encoder name (``"resnet18"``...).
+        encoder_weights: ``None`` (random init; offline) or ``"imagenet"``.
+        encoder_depth: encoder stages, 3 to 5 (inputs must be multiples of ``2**depth`` px).
+        classes: output classes; default :data:`CHANGE_CLASSES` (0 no change, 1 change).
+        standardize: the model expects each date z-scored by its own band statistics
+            (:func:`stack_pair` with ``standardize=True``); :func:`predict_change` then does it.
+
+    Returns:
+        The model, with ``model.spec`` a :class:`~staclearn.models.ModelSpec` whose ``extra``
+        holds ``{"fusion": ..., "dates": 2, "date_bands": [...], "standardize": bool}``.
+
+    Raises:
+        ConfigError: unknown fusion, mean/std of neither C nor 2C values.
+    """
+    if fusion not in FUSIONS:
+        raise ConfigError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    c = len(bands)
+    mean_l, std_l = [float(v) for v in mean], [float(v) for v in std]
+    if len(mean_l) == c and len(std_l) == c:
+        mean_l, std_l = mean_l * 2, std_l * 2
+    if len(mean_l) != 2 * c or len(std_l) != 2 * c:
+        raise ConfigError(f"mean/std need {c} or {2 * c} values for {c} bands per date; got {len(mean_l)}/{len(std_l)}.")
+    spec = ModelSpec(
+        architecture="Unet",
+        encoder=encoder,
+        bands=tuple(pair_band_names(bands)),
+        classes=tuple(classes),
+        mean=tuple(mean_l),
+        std=tuple(std_l),
+        encoder_weights=encoder_weights,
+        encoder_depth=encoder_depth,
+        extra={"fusion": fusion, "dates": 2, "date_bands": list(bands), "standardize": bool(standardize)},
+    )
+    return _model_from_spec(spec)
+
+
+def load_change_model(spec: ModelSpec | Mapping[str, Any], weights: str | os.PathLike[str]) -> nn.Module:
+    """Rebuild a change model from its spec and safetensors weights.
+
+    Args:
+        spec: the model's :class:`~staclearn.models.ModelSpec` or its ``to_dict()`` (e.g. the
+            ``spec.json`` written by :func:`run_change`).
+        weights: ``.safetensors`` file (pickles are refused).
+
+    Returns:
+        The model in eval mode.
+
+    Raises:
+        ConfigError: unknown ``extra["fusion"]``.
+        UnsafeWeightsError: the file is not safetensors.
+    """
+    spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(dict(spec))
+    model = load_weights(_model_from_spec(spec), weights)
+    return model.eval()
+
+
+class ChangeLoss(nn.Module):
+    """Weighted cross-entropy plus an optional soft Dice loss on the change class.
+
+    Change is rare (0.3 to 2.6 % of OSCD pixels): class weights raise its share of the
+    cross-entropy, and the Dice term (Milletari et al. 2016, V-Net) optimises overlap of the
+    change class directly. ``loss = CE(weight) + dice * (1 - Dice(change))``.
+
+    Args:
+        weight: ``(K,)`` class weights of the cross-entropy, or ``None``.
+        dice: weight of the Dice term (0 disables it).
+        ignore_index: mask value left out of both terms.
+        change_index: class index of "change" (1).
+
+    Forward:
+        logits ``(B, K, H, W) float32``, mask ``(B, H, W) int64``; returns a scalar.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor | None = None,
+        *,
+        dice: float = 0.0,
+        ignore_index: int = IGNORE_INDEX,
+        change_index: int = 1,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.dice = float(dice)
+        self.ignore_index = ignore_index
+        self.change_index = change_index
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, mask, weight=self.weight, ignore_index=self.ignore_index)
+        if self.dice > 0:
+            labelled = (mask != self.ignore_index).float()
+            p = logits.softmax(1)[:, self.change_index] * labelled
+            t = (mask == self.change_index).float() * labelled
+            dice = (2 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0)
+            loss = loss + self.dice * (1 - dice)
+        return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChangePrediction:
+    """Output of :func:`predict_change`.
+
+    Attributes:
+        mask: ``(y, x) uint8`` 0 no change / 1 change, 255 where a date has no data, on the
+            pair's GeoBox (no CRS for non-georeferenced pairs); ``attrs["nodata"] = 255``.
+        probability: ``(y, x) float32`` probability of change in [0, 1], NaN where a date
+            has no data; ``None`` unless asked for.
+    """
+
+    mask: xr.DataArray
+    probability: xr.DataArray | None = None
+
+
+def predict_change(
+    model: nn.Module,
+    before: xr.DataArray,
+    after: xr.DataArray,
+    *,
+    tile_size: int = 256,
+    padding: int = 32,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    probability: bool = False,
+    out_path: str | os.PathLike[str] | None = None,
+    prob_path: str | os.PathLike[str] | None = None,
+) -> ChangePrediction:
+    """Predict a change mask (and optionally the change probability) for a whole pair.
+
+    The pair is stacked (:func:`stack_pair`; standardised per date when
+    ``model.spec.extra["standardize"]`` says the model was trained so) and predicted tile by
+    tile with padding by :func:`staclearn.predict.predict_class_map` (or
+    :func:`staclearn.predict.predict_probabilities` when the probability is wanted; the mask
+    is then its argmax), so the output is on the pair's GeoBox.
+
+    Args:
+        model: a change model (:func:`build_change_model`), input bands ``t1:*`` + ``t2:*``.
+        before: ``(time=1, band, y, x)`` cube of the first date, in the units trained on.
+        after: cube of the second date on the same GeoBox.
+        tile_size: model input edge in pixels, padding included.
+        padding: context pixels discarded on each tile side.
+        batch_size: tiles per forward pass.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+        probability: also return the change probability.
+        out_path: write the mask there as a uint8 COG (nodata 255).
+        prob_path: write the change probability there as a float32 COG (nodata NaN);
+            implies ``probability``.
+
+    Returns:
+        A :class:`ChangePrediction`.
+
+    Raises:
+        BandMismatchError: the cubes' bands differ from each other or from the model's.
+        GeoBoxMismatchError: the dates are not on one GeoBox.
+        ConfigError: bad tiling, or a path given for a pair without CRS (no COG possible).
+    """
+    spec = getattr(model, "spec", None)
+    standardize = bool(spec.extra.get("standardize", False)) if spec is not None else False
+    stacked = stack_pair(before, after, standardize=standardize)
+    if (out_path is not None or prob_path is not None) and stacked.odc.crs is None:
+        raise ConfigError(
+            "This pair has no georeference (pixel coordinates only): its change mask cannot be "
+            "written as a COG. Use the returned arrays (prediction.mask.values) instead."
+        )
+    kw: dict[str, Any] = {"tile_size": tile_size, "padding": padding, "batch_size": batch_size, "device": device}
+    if not (probability or prob_path is not None):
+        return ChangePrediction(predict_class_map(model, stacked, out_path=out_path, **kw))
+    probs = predict_probabilities(model, stacked, **kw)
+    values = np.asarray([int(v) for v in probs["class"].values], dtype=np.uint8)
+    p = probs.values
+    ok = ~np.isnan(p).any(0)
+    mask_np = np.where(ok, values[np.nan_to_num(p, nan=0.0).argmax(0)], CLASS_MAP_NODATA).astype(np.uint8)
+    change_pos = int(np.flatnonzero(values == 1)[0]) if (values == 1).any() else p.shape[0] - 1
+    prob = probs.isel({"class": change_pos}, drop=True).rename("change_probability")
+    prob.attrs = {"nodata": float("nan")}
+    mask = prob.copy(data=mask_np).rename("change")
+    mask.attrs = {"nodata": CLASS_MAP_NODATA}
+    if out_path is not None:
+        write_cog(mask, out_path)
+    if prob_path is not None:
+        write_cog(prob, prob_path)
+    return ChangePrediction(mask, prob)
+
+
+# --------------------------------------------------------------------------------------------
+# Change vector analysis baseline
+# --------------------------------------------------------------------------------------------
+
+
+def change_vector_magnitude(before: xr.DataArray, after: xr.DataArray) -> xr.DataArray:
+    """Change vector analysis: magnitude of the per-pixel difference of z-scored bands.
+
+    Each date's bands are z-scored with that date's own mean and standard deviation over its
+    valid pixels (:func:`stack_pair` with ``standardize=True``, which also removes global
+    radiometric offsets between the acquisitions), then
+    ``magnitude = sqrt(sum_b (z_after_b - z_before_b) ** 2)``.
+
+    Args:
+        before: ``(time=1, band, y, x)`` cube of the first date.
+        after: cube of the second date, same bands and GeoBox.
+
+    Returns:
+        ``(y, x) float32`` magnitude (unitless, in standard deviations), NaN where a date has
+        no data, on the pair's GeoBox.
+
+    Raises:
+        BandMismatchError, GeoBoxMismatchError: as :func:`stack_pair`.
+    """
+    z = stack_pair(before, after, standardize=True)
+    c = z.sizes["band"] // 2
+    diff = z.isel(band=slice(c, None)).values - z.isel(band=slice(0, c)).values
+    mag = np.sqrt((diff.astype(np.float64) ** 2).sum(0)).astype(np.float32)  # NaN stays NaN
+    out = z.isel(band=0, drop=True).copy(data=mag).rename("cva_magnitude")
+    out.attrs = {"nodata": float("nan")}
+    return out
+
+
+def fit_cva_threshold(
+    magnitudes: Sequence[np.ndarray | xr.DataArray],
+    labels: Sequence[np.ndarray | xr.DataArray],
+    *,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[float, float]:
+    """Choose the CVA threshold that maximises F1 of the change class on training pairs.
+
+    All labelled, valid pixels of all pairs are pooled; every distinct magnitude is a
+    candidate (scikit-learn's ``precision_recall_curve``), and pixels with
+    ``magnitude >= threshold`` are called change.
+
+    Args:
+        magnitudes: ``(H, W)`` float magnitudes per pair (:func:`change_vector_magnitude`).
+        labels: ``(H, W)`` uint8 0/1 labels per pair, ``ignore_index`` unlabelled.
+        ignore_index: unlabelled value.
+
+    Returns:
+        ``(threshold, f1)``: the threshold (standard deviations) and its pooled F1 in [0, 1].
+
+    Raises:
+        ConfigError: lists of different lengths or arrays of different shapes.
+        LabelError: no labelled change pixel (F1 undefined).
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    if len(magnitudes) != len(labels) or not magnitudes:
+        raise ConfigError(f"Give one label array per magnitude array; got {len(magnitudes)} and {len(labels)}.")
+    scores, truth = [], []
+    for m, lab in zip(magnitudes, labels, strict=True):
+        m, lab = np.asarray(m), np.asarray(lab)
+        if m.shape != lab.shape:
+            raise ConfigError(f"Magnitude {m.shape} and labels {lab.shape} differ in shape.")
+        keep = (lab != ignore_index) & np.isfinite(m)
+        scores.append(m[keep])
+        truth.append(lab[keep] == 1)
+    s, t = np.concatenate(scores), np.concatenate(truth)
+    if not t.any():
+        raise LabelError("No labelled change pixel in the training pairs: the CVA threshold cannot be fitted.")
+    precision, recall, thresholds = precision_recall_curve(t, s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)[:-1]
+    best = int(np.argmax(f1))
+    return float(thresholds[best]), float(f1[best])
+
+
+def cva_mask(magnitude: xr.DataArray, threshold: float) -> xr.DataArray:
+    """Threshold a CVA magnitude into a change mask.
+
+    Args:
+        magnitude: ``(y, x)`` float magnitude (:func:`change_vector_magnitude`).
+        threshold: magnitudes ``>= threshold`` are change (:func:`fit_cva_threshold`).
+
+    Returns:
+        ``(y, x) uint8`` 0/1, 255 where the magnitude is NaN; same grid, ``attrs["nodata"] = 255``.
+    """
+    m = np.asarray(magnitude.values)
+    out = np.where(np.isnan(m), CLASS_MAP_NODATA, m >= threshold).astype(np.uint8)
+    da = magnitude.copy(data=out).rename("cva_change")
+    da.attrs = {"nodata": CLASS_MAP_NODATA}
+    return da
+
+
+# --------------------------------------------------------------------------------------------
+# Workflow
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChangeConfig:
+    """Settings of a change-detection run. Sizes are in pixels of the common GeoBox.
+
+    The defaults are those benchmarked by ``bench/change.py`` (OSCD, leave one city out).
+
+    Attributes:
+        valid_cities: cities held out for evaluation (never seen in training).
+        bands: bands of each date, in channel order (default: Sentinel-2 10 m + 20 m bands).
+        city_property: Item property naming the city (the region a pair belongs to).
+        label_asset: key of the change raster asset of the label Items.
+        resampling: resampling of coarser bands onto the common grid.
+        fusion: ``"early"`` (FC-EF) or ``"siam-diff"`` (FC-Siam-diff).
+        tile_size: training chip edge; a multiple of ``2**encoder_depth``.
+        stride: step between training chips (< tile_size: overlapping chips).
+        min_labelled: minimum labelled fraction of a chip.
+        encoder: smp encoder name.
+        encoder_depth: encoder stages (3 to 5).
+        encoder_weights: ``None`` or ``"imagenet"`` (needs internet).
+        epochs: training epochs (no epoch selection on validation cities: the last is kept).
+        lr: peak learning rate of the one-cycle schedule.
+        batch_size: chips per batch.
+        class_weights: ``"balanced"`` (median-frequency, :func:`staclearn.train.class_weights`),
+            ``"sqrt"`` (its square root, milder) or ``None``.
+        dice: weight of the Dice term of :class:`ChangeLoss` (0: cross-entropy only).
+        augment: kornia flips/rotation/zoom/shift, identical for both dates and the mask.
+        standardize: z-score each date of each city by its own band statistics before the
+            model (:func:`stack_pair`) instead of one z-score of the training chips. Off by
+            default: in ``bench/change.py`` (OSCD, leave one city out) it did not help.
+        predict_tile_size: inference tile edge, padding included.
+        padding: inference context discarded on each tile side.
+        probability: also write change-probability COGs.
+        seed: random seed.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+    """
+
+    valid_cities: tuple[str, ...]
+    bands: tuple[str, ...] = S2_10M_20M
+    city_property: str = "staclearn:city"
+    label_asset: str = "labels"
+    resampling: str = "bilinear"
+    fusion: str = "early"
+    tile_size: int = 64
+    stride: int = 64
+    min_labelled: float = 0.0
+    encoder: str = "resnet18"
+    encoder_depth: int = 5
+    encoder_weights: str | None = None
+    epochs: int = 40
+    lr: float = 1e-3
+    batch_size: int = 16
+    class_weights: str | None = "sqrt"
+    dice: float = 0.5
+    augment: bool = True
+    standardize: bool = False
+    predict_tile_size: int = 256
+    padding: int = 32
+    probability: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PairItems:
+    """The STAC Items of one city's pair.
+
+    Attributes:
+        before: Items of the first date.
+        after: Items of the second date.
+        labels: the change label Item.
+    """
+
+    before: tuple[pystac.Item, ...]
+    after: tuple[pystac.Item, ...]
+    labels: pystac.Item
+
+
+@dataclass
+class ChangeResult:
+    """What a change run produced.
+
+    Attributes:
+        out_dir: the run folder.
+        model: the trained model (eval mode), ``model.spec`` its ModelSpec.
+        weights: ``model/weights.safetensors``.
+        spec: ``model/spec.json`` (``ModelSpec.to_dict()``, for :func:`load_change_model`).
+        chips: the chip index ``chips/chips.parquet``.
+        change_masks: ``{city: change_<city>.tif}`` COGs of the validation cities.
+        probabilities: ``{city: change_probability_<city>.tif}`` (only with ``config.probability``).
+        cva_masks: ``{city: cva_<city>.tif}`` COGs of the CVA baseline.
+        metrics: ``{city: {"model": ..., "cva": ...}}`` per validation city.
+        cva_threshold: CVA magnitude threshold chosen on the training cities.
+        cva_train_f1: F1 of change of that threshold on the training cities.
+        evaluation: ``evaluation.json`` (every city, model and CVA side by side).
+        source_items: ``{city: PairItems}`` for every city (training and validation).
+        valid_cities: the validation cities.
+        history: per-epoch training records.
+        timings: seconds per step.
+    """
+
+    out_dir: Path
+    model: nn.Module
+    weights: Path
+    spec: Path
+    chips: Path
+    change_masks: dict[str, Path]
+    probabilities: dict[str, Path]
+    cva_masks: dict[str, Path]
+    metrics: dict[str, dict[str, ClassificationMetrics]]
+    cva_threshold: float
+    cva_train_f1: float
+    evaluation: Path
+    source_items: dict[str, PairItems]
+    valid_cities: tuple[str, ...]
+    history: list[EpochRecord]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _is_label_item(item: pystac.Item) -> bool:
+    return any("/label/" in e for e in item.stac_extensions) or any(k.startswith("label:") for k in item.properties)
+
+
+def _group_pairs(items: Iterable[pystac.Item], city_property: str) -> dict[str, PairItems]:
+    by_city: dict[str, list[pystac.Item]] = {}
+    for item in items:
+        city = item.properties.get(city_property)
+        if city is not None:
+            by_city.setdefault(str(city), []).append(item)
+    if not by_city:
+        raise NoItemsFoundError(f"No Item has the property {city_property!r}; set ChangeConfig.city_property.")
+    pairs = {}
+    for city, group in sorted(by_city.items()):
+        labels = [i for i in group if _is_label_item(i)]
+        imagery = [i for i in group if not _is_label_item(i)]
+        if len(labels) != 1:
+            raise NoItemsFoundError(
+                f"City {city!r} has {len(labels)} label Items ({_ids(labels)}); it needs exactly one."
+            )
+        starts = sorted({item_time_range(i)[0] for i in imagery})
+        if len(starts) < 2:
+            raise NoItemsFoundError(f"City {city!r} has imagery Items of {len(starts)} date(s) ({_ids(imagery)}); it needs two.")
+        before = tuple(i for i in imagery if item_time_range(i)[0] == starts[0])
+        after = tuple(i for i in imagery if item_time_range(i)[0] == starts[-1])
+        pairs[city] = PairItems(before, after, labels[0])
+    return pairs
+
+
+def _weights(dataset: ChipDataset, how: str | None) -> torch.Tensor | None:
+    if how is None:
+        return None
+    w = class_weights(dataset, len(CHANGE_CLASSES))
+    if how == "balanced":
+        return w
+    if how == "sqrt":
+        return w.sqrt()
+    raise ConfigError(f"class_weights must be 'balanced', 'sqrt' or None, got {how!r}")
+
+
+def run_change(
+    catalog: Any,
+    out_dir: str | os.PathLike[str],
+    config: ChangeConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ChangeResult:
+    """Train a change model on some cities and evaluate it, with CVA, on unseen cities.
+
+    Steps: Items grouped by ``config.city_property`` (per city two dates and one label
+    Item) -> :func:`load_pair` on each city's 10 m grid -> :func:`export_change_chips` split
+    by city -> :class:`staclearn.train.Trainer` with :class:`ChangeLoss` (validation cities
+    are never shown to the trainer, so no epoch is chosen on them) -> :func:`predict_change`
+    on each validation city -> :func:`staclearn.evaluate.compute_metrics` of the model and of
+    CVA (threshold fitted on the training cities), side by side.
+
+    Args:
+        catalog: STAC catalog path / URL or Items (see :func:`staclearn.search.open_items`),
+            e.g. ``catalogs/oscd/catalog.json``.
+        out_dir: run folder; receives ``chips/``, ``model/weights.safetensors`` +
+            ``model/spec.json``, ``change_<city>.tif`` (uint8 COG, 0/1, nodata 255),
+            ``cva_<city>.tif``, optionally ``change_probability_<city>.tif``,
+            ``evaluation.json`` + ``evaluation_confusion.png``, ``history.json``, ``timings.json``.
+        config: settings; ``config.valid_cities`` must name at least one city of the catalog.
+        progress: tqdm progress bars while training.
+        log: where step messages go.
+
+    Returns:
+        A :class:`ChangeResult` (no STAC Item is written for the outputs).
+
+    Raises:
+        ConfigError: no or unknown validation city, no training city, bad settings.
+        NoItemsFoundError: a city lacks two dates or its label Item.
+        plus the errors of :func:`load_pair` and the training / prediction steps.
+    """
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not config.valid_cities:
+        raise ConfigError("ChangeConfig.valid_cities is empty: name the cities held out for evaluation.")
+    if config.fusion not in FUSIONS:
+        raise ConfigError(f"fusion must be one of {FUSIONS}, got {config.fusion!r}")
+    groups = _group_pairs(open_items(catalog), config.city_property)
+    unknown = sorted(set(config.valid_cities) - set(groups))
+    if unknown:
+        raise ConfigError(f"Validation cities {unknown} are not in the catalog; its cities are {sorted(groups)}.")
+    train_cities = [c for c in groups if c not in config.valid_cities]
+    if not train_cities:
+        raise ConfigError(f"Every city {sorted(groups)} is a validation city: leave at least one for training.")
+    bands = list(config.bands)
+
+    pairs: dict[str, tuple[xr.DataArray, xr.DataArray, xr.DataArray]] = {}
+    for city, g in groups.items():
+        before, after, labels = load_pair(
+            g.before, g.after, bands=bands, label_item=g.labels, label_asset=config.label_asset, resampling=config.resampling
+        )
+        assert labels is not None  # label_item given
+        pairs[city] = (before.load(), after.load(), labels)
+        log(f"{city}: {g.before[0].id} -> {g.after[0].id}, grid {tuple(labels.shape)}, {int((labels == 1).sum())} change px")
+    index = export_change_chips(
+        pairs, out / "chips", valid_cities=config.valid_cities, tile_size=config.tile_size, stride=config.stride,
+        min_labelled=config.min_labelled, standardize=config.standardize,
+    )
+    index_path = out / "chips" / "chips.parquet"
+    log(f"{int((index.split == 'train').sum())} training chips ({', '.join(train_cities)}), "
+        f"{int((index.split == 'valid').sum())} validation chips ({', '.join(config.valid_cities)})")
+    timings["prepare"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    mean, std = band_statistics(index_path, "train")
+    model = build_change_model(
+        bands, mean=mean, std=std, fusion=config.fusion, encoder=config.encoder,
+        encoder_weights=config.encoder_weights, encoder_depth=config.encoder_depth, standardize=config.standardize,
+    )
+    train_ds = ChipDataset(index_path, "train", fill=mean)
+    loss = ChangeLoss(_weights(train_ds, config.class_weights), dice=config.dice)
+    trainer = Trainer(
+        model, train_ds, None, num_classes=len(CHANGE_CLASSES), batch_size=config.batch_size, loss=loss,
+        augment=config.augment, device=config.device, seed=config.seed,
+    )
+    history = trainer.fit(
+        config.epochs, config.lr, progress=progress,
+        on_epoch=lambda r: log(f"epoch {r.epoch:3d}  train_loss {r.train_loss:.4f}  ({r.seconds:.1f} s)"),
+    )
+    timings["train"] = time.perf_counter() - t1
+    weights = save_weights(model, out / "model" / "weights.safetensors")
+    spec_path = out / "model" / "spec.json"
+    _write_json(spec_path, model.spec.to_dict())  # type: ignore[union-attr]
+    _write_json(out / "history.json", {"epochs": trainer.history_table()})
+
+    t2 = time.perf_counter()
+    magnitudes = {city: change_vector_magnitude(b, a) for city, (b, a, _) in pairs.items()}
+    threshold, train_f1 = fit_cva_threshold(
+        [magnitudes[c].values for c in train_cities], [pairs[c][2].values for c in train_cities]
+    )
+    log(f"CVA threshold {threshold:.3f} (F1 {train_f1:.3f} on the training cities)")
+    timings["cva"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    names = [c.name for c in CHANGE_CLASSES]
+    values = [c.value for c in CHANGE_CLASSES]
+    metrics: dict[str, dict[str, ClassificationMetrics]] = {}
+    masks: dict[str, Path] = {}
+    probs: dict[str, Path] = {}
+    cvas: dict[str, Path] = {}
+    for city in config.valid_cities:
+        before, after, labels = pairs[city]
+        masks[city] = out / f"change_{city}.tif"
+        prob_path = out / f"change_probability_{city}.tif" if config.probability else None
+        pred = predict_change(
+            model, before, after, tile_size=config.predict_tile_size, padding=config.padding,
+            batch_size=max(1, config.batch_size // 4), device=config.device, out_path=masks[city], prob_path=prob_path,
+        )
+        if prob_path is not None:
+            probs[city] = prob_path
+        cva = cva_mask(magnitudes[city], threshold)
+        cvas[city] = write_cog(cva, out / f"cva_{city}.tif")
+        reference = np.asarray(labels.values)
+        metrics[city] = {
+            "model": compute_metrics(reference, pred.mask.values, values, names),
+            "cva": compute_metrics(reference, cva.values, values, names),
+        }
+        m, c = metrics[city]["model"], metrics[city]["cva"]
+        log(f"{city}: F1(change) {config.fusion} {m.f1['change']:.3f}  CVA {c.f1['change']:.3f}")
+    timings["predict_evaluate"] = time.perf_counter() - t3
+    report = {f"{city} {config.fusion}" if k == "model" else f"{city} cva": v for city, d in metrics.items() for k, v in d.items()}
+    json_path, _ = write_report(report, out, name="evaluation")
+    timings["total"] = time.perf_counter() - t0
+    _write_json(out / "timings.json", timings)
+    return ChangeResult(
+        out_dir=out,
+        model=model.eval(),
+        weights=weights,
+        spec=spec_path,
+        chips=index_path,
+        change_masks=masks,
+        probabilities=probs,
+        cva_masks=cvas,
+        metrics=metrics,
+        cva_threshold=threshold,
+        cva_train_f1=train_f1,
+        evaluation=json_path,
+        source_items=groups,
+        valid_cities=tuple(config.valid_cities),
+        history=history,
+        timings=timings,
+    )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)

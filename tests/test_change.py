@@ -1,0 +1,510 @@
+"""Change detection: pairs on one GeoBox, their errors, chips, models, prediction, CVA, OSCD acceptance.
+
+Synthetic pairs are seeded rasters with change inserted in a known square; the acceptance
+test runs the whole workflow on real OSCD cities (../shared/data, skipped where absent).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+import torch
+import xarray as xr
+from affine import Affine
+from conftest import REPO, SHARED_DIR, make_item
+from odc.geo.geobox import GeoBox
+from odc.geo.xr import xr_coords
+
+from staclearn.augment import Augmentation
+from staclearn.change import (
+    CHANGE_CLASSES,
+    ChangeConfig,
+    ChangeLoss,
+    SiameseDiffUnet,
+    build_change_model,
+    change_vector_magnitude,
+    cva_mask,
+    export_change_chips,
+    fit_cva_threshold,
+    load_change_model,
+    load_pair,
+    load_png_pair,
+    pair_band_names,
+    predict_change,
+    run_change,
+    stack_pair,
+)
+from staclearn.chips import ChipDataset, band_statistics
+from staclearn.errors import (
+    BandMismatchError,
+    ConfigError,
+    GeoBoxMismatchError,
+    NoOverlapError,
+    StaclearnWarning,
+)
+from staclearn.evaluate import compute_metrics
+from staclearn.models import ModelSpec, SegmentationModel, save_weights
+from staclearn.search import open_items
+from staclearn.train import Trainer
+
+CRS = "EPSG:32631"
+SIZE = 64
+SQUARE = (slice(20, 34), slice(36, 50))  # rows, cols of the inserted change
+OSCD = SHARED_DIR / "data" / "change" / "oscd"
+LEVIR = SHARED_DIR / "data" / "change" / "levir_samples"
+OSCD_CATALOG = REPO / "catalogs" / "oscd" / "catalog.json"
+CHANGE_CLASSES_JSON = [
+    {"value": 1, "name": "no change", "description": "no change"},
+    {"value": 2, "name": "change", "description": "change"},
+]
+
+
+def _transform(x0: float = 500000.0, res: float = 10.0) -> Affine:
+    return Affine(res, 0, x0, 0, -res, 5000000.0)
+
+
+def _arrays(seed: int, square=SQUARE, shift=(300.0, -200.0, 250.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded before/after (3, 64, 64) float32 and the 1/2 change raster with change in ``square``."""
+    rng = np.random.default_rng(seed)
+    before = rng.normal(1000, 100, (3, SIZE, SIZE)).astype(np.float32)
+    after = before + rng.normal(0, 20, before.shape).astype(np.float32)
+    after[(slice(None), *square)] += np.asarray(shift, np.float32)[:, None, None]
+    values = np.ones((SIZE, SIZE), np.uint8)
+    values[square] = 2
+    return before, after, values
+
+
+def _label_item(tmp_path: Path, name: str, values: np.ndarray, *, crs: str | None = CRS, transform: Affine | None = None) -> pystac.Item:
+    transform = transform or _transform()
+    if crs is None:  # no georeference at all, like OSCD's original <city>-cm.tif
+        path = tmp_path / f"{name}.tif"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path, "w", driver="GTiff", height=values.shape[0], width=values.shape[1], count=1, dtype="uint8") as dst:
+                dst.write(values[None])
+        item = pystac.Item(id=name, geometry=None, bbox=None, datetime=datetime(2021, 6, 1, tzinfo=UTC), properties={})
+        item.add_asset("labels", pystac.Asset(href=str(path), roles=["labels"]))
+    else:
+        item = make_item(tmp_path, name, values[None], crs=crs, transform=transform, nodata=0, asset="labels", band_names=["labels"])
+    item.assets["labels"].extra_fields["classification:classes"] = CHANGE_CLASSES_JSON
+    item.properties["label:type"] = "raster"
+    return item
+
+
+def _pair_items(tmp_path: Path, name: str, seed: int, *, x0: float = 500000.0, square=SQUARE, nodata: float | None = None):
+    before, after, values = _arrays(seed, square)
+    if nodata is not None:
+        before[:, :3, :5] = nodata  # a strip without data on the first date
+    t = _transform(x0)
+    b = make_item(tmp_path, f"{name}-t1", before, crs=CRS, transform=t, nodata=nodata)
+    a = make_item(tmp_path, f"{name}-t2", after, crs=CRS, transform=t, nodata=nodata)
+    a.datetime = datetime(2022, 6, 1, tzinfo=UTC)
+    return b, a, _label_item(tmp_path, f"{name}-labels", values, transform=t)
+
+
+def _cube(arr: np.ndarray, gbox: GeoBox, bands=("b1", "b2", "b3")) -> xr.DataArray:
+    coords = {"time": [np.datetime64("2021-06-01")], "band": list(bands), **xr_coords(gbox)}
+    return xr.DataArray(arr[None], dims=("time", "band", "y", "x"), coords=coords, attrs={"nodata": float("nan")})
+
+
+def _synthetic_pairs(n: int) -> dict[str, tuple[xr.DataArray, xr.DataArray, xr.DataArray]]:
+    """``n`` in-memory pairs, each with a 14 px change square at a seeded position."""
+    pairs = {}
+    for i in range(n):
+        r0, c0 = np.random.default_rng(100 + i).integers(4, SIZE - 18, 2)
+        square = (slice(r0, r0 + 14), slice(c0, c0 + 14))
+        before, after, values = _arrays(i, square)
+        gbox = GeoBox((SIZE, SIZE), _transform(500000.0 + 1000 * i), CRS)
+        labels = xr.DataArray((values == 2).astype(np.uint8), dims=("y", "x"), coords=xr_coords(gbox))
+        pairs[f"city{i}"] = (_cube(before, gbox), _cube(after, gbox), labels)
+    return pairs
+
+
+class DiffModel(torch.nn.Module):
+    """Stand-in change model: change where band 1 rose by more than 150 between the dates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        bands = tuple(pair_band_names(["b1", "b2", "b3"]))
+        self.spec = ModelSpec("Unet", "none", bands, CHANGE_CLASSES, (0.0,) * 6, (1.0,) * 6, extra={"fusion": "early"})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = (x[:, 3] - x[:, 0] - 150.0) / 50.0
+        return torch.stack([torch.zeros_like(d), d], 1)
+
+
+# ------------------------------------------------------------------------------- load_pair
+
+
+def test_load_pair_puts_dates_and_labels_on_one_geobox(tmp_path):
+    b, a, lab = _pair_items(tmp_path, "p", 0, nodata=-1.0)
+    before, after, labels = load_pair([b], [a], bands=["b1", "b2", "b3"], label_item=lab)
+    gbox = GeoBox((SIZE, SIZE), _transform(), CRS)
+    assert before.odc.geobox == after.odc.geobox == labels.odc.geobox == gbox
+    assert before.dims == ("time", "band", "y", "x") and before.dtype == np.float32
+    _, exp_a, values = _arrays(0)
+    assert np.allclose(after.values[0], exp_a)
+    assert np.isnan(before.values[0, :, :3, :5]).all() and np.isnan(before.attrs["nodata"])  # nodata -> NaN
+    assert labels.dtype == np.uint8 and set(np.unique(labels.values)) == {0, 1}
+    assert np.array_equal(labels.values, (values == 2).astype(np.uint8))  # OSCD 1/2 -> 0/1
+
+
+def test_dates_in_the_wrong_order_are_refused(tmp_path):
+    b, a, _ = _pair_items(tmp_path, "p", 0)
+    with pytest.raises(ConfigError, match=r"2022-06-01T00:00:00\+00:00.*later than.*2021-06-01T00:00:00\+00:00") as err:
+        load_pair([a], [b], bands=["b1"])
+    assert "p-t2" in str(err.value) and "allow_reversed=True" in str(err.value)
+    before, _, _ = load_pair([a], [b], bands=["b1"], allow_reversed=True)
+    assert before.sizes["band"] == 1
+
+
+def test_pairs_that_do_not_overlap_are_refused(tmp_path):
+    b, _, _ = _pair_items(tmp_path, "here", 0)
+    _, a, _ = _pair_items(tmp_path, "there", 1, x0=600000.0)  # 100 km east
+    with pytest.raises(NoOverlapError, match=r"before Items \['here-t1'\].*after Items \['there-t2'\].*do not overlap"):
+        load_pair([b], [a], bands=["b1"])
+
+
+def test_band_sets_that_differ_are_refused(tmp_path):
+    before, after, _ = _arrays(0)
+    b = make_item(tmp_path, "b", before, crs=CRS, transform=_transform())
+    a = make_item(tmp_path, "a", after[:2], crs=CRS, transform=_transform(), band_names=["b1", "b2"])
+    a.datetime = datetime(2022, 6, 1, tzinfo=UTC)
+    with pytest.raises(BandMismatchError, match=r"after Items \['a'\] lack \['b3'\]") as err:
+        load_pair([b], [a], bands=["b1", "b2", "b3"])
+    assert "before Items ['b'] lack []" in str(err.value)
+    assert load_pair([b], [a], bands=["b1", "b2"])[1].sizes["band"] == 2
+
+
+def test_labels_in_another_grid_are_reprojected_nearest(tmp_path):
+    b, a, _ = _pair_items(tmp_path, "p", 0)
+    _, _, values = _arrays(0)
+    fine = np.repeat(np.repeat(values, 2, 0), 2, 1)  # the same mask on a 5 m grid
+    lab = _label_item(tmp_path, "fine", fine, transform=_transform(res=5.0))
+    _, _, labels = load_pair([b], [a], bands=["b1"], label_item=lab)
+    assert labels.shape == (SIZE, SIZE)
+    assert np.array_equal(labels.values, (values == 2).astype(np.uint8))
+
+
+def test_label_without_georeference_only_when_its_shape_is_the_grid(tmp_path):
+    b, a, _ = _pair_items(tmp_path, "p", 0)
+    _, _, values = _arrays(0)
+    odd = _label_item(tmp_path, "odd", values[:50, :60], crs=None)
+    with pytest.raises(GeoBoxMismatchError, match=r"'odd'.*no georeference.*\(50, 60\).*\(64, 64\)"):
+        load_pair([b], [a], bands=["b1"], label_item=odd)
+    same = _label_item(tmp_path, "same", values, crs=None)
+    with pytest.warns(StaclearnWarning, match="no georeference"):
+        _, _, labels = load_pair([b], [a], bands=["b1"], label_item=same)
+    assert np.array_equal(labels.values, (values == 2).astype(np.uint8))
+
+
+def test_stack_pair_orders_before_then_after_and_checks_grids():
+    pairs = _synthetic_pairs(2)
+    before, after, _ = pairs["city0"]
+    stacked = stack_pair(before, after)
+    assert list(stacked.band.values) == ["t1:b1", "t1:b2", "t1:b3", "t2:b1", "t2:b2", "t2:b3"]
+    assert np.array_equal(stacked.values[:3], before.values[0]) and np.array_equal(stacked.values[3:], after.values[0])
+    assert stacked.odc.geobox == before.odc.geobox
+    with pytest.raises(GeoBoxMismatchError, match="not on one GeoBox"):
+        stack_pair(before, pairs["city1"][1])
+    with pytest.raises(BandMismatchError):
+        stack_pair(before, after.isel(band=[0, 1]))
+
+
+def test_standardized_pair_is_z_scored_per_date_and_band():
+    before, after, _ = _synthetic_pairs(1)["city0"]
+    after = after * 3.0 + 500.0  # another season: brighter, more contrast
+    z = stack_pair(before, after, standardize=True).values
+    assert np.allclose(np.nanmean(z, axis=(1, 2)), 0.0, atol=1e-4)
+    assert np.allclose(np.nanstd(z, axis=(1, 2)), 1.0, atol=1e-4)
+    assert not np.allclose(z[:3], z[3:], atol=1e-3)  # the change square remains
+    outside = np.ones((SIZE, SIZE), bool)
+    outside[SQUARE] = False
+    # the global gain and offset are gone: outside the change the dates nearly agree
+    assert np.abs(z[3:, outside] - z[:3, outside]).mean() < 0.5
+
+
+class RecordingModel(DiffModel):
+    """Stand-in that remembers its inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x
+        return super().forward(x)
+
+
+def test_predict_change_standardizes_when_the_model_was_trained_so():
+    before, after, _ = _synthetic_pairs(1)["city0"]
+    model = RecordingModel()
+    model.spec = ModelSpec(**{**model.spec.__dict__, "extra": {"fusion": "early", "standardize": True}})
+    predict_change(model, before, after, tile_size=64, padding=0)
+    expected = stack_pair(before, after, standardize=True).values
+    assert np.allclose(model.seen[0].numpy(), expected, atol=1e-5)
+
+
+# ------------------------------------------------------------------------- chips and augment
+
+
+def test_export_change_chips_splits_by_city(tmp_path):
+    pairs = _synthetic_pairs(3)
+    index = export_change_chips(pairs, tmp_path, valid_cities=["city2"], tile_size=32, stride=32)
+    assert sorted(index.city.unique()) == ["city0", "city1", "city2"]
+    assert set(index[index.city == "city2"].split) == {"valid"} and set(index[index.city != "city2"].split) == {"train"}
+    assert len(index) == 3 * 4 and index.crs.to_epsg() == 4326
+    assert index.attrs["band_names"] == pair_band_names(["b1", "b2", "b3"])
+    row = index[(index.city == "city1") & (index.row_off == 32) & (index.col_off == 0)].iloc[0]
+    with rasterio.open(tmp_path / row["image"]) as src:
+        chip = src.read()
+        assert src.count == 6 and src.transform == Affine(*row["transform"])
+    before, after, _ = pairs["city1"]
+    assert np.array_equal(chip[:3], before.values[0, :, 32:, :32]) and np.array_equal(chip[3:], after.values[0, :, 32:, :32])
+    ds = ChipDataset(tmp_path / "chips.parquet", "train")
+    assert len(ds) == 8 and ds[0][0].shape == (6, 32, 32)
+    with pytest.raises(ConfigError, match="not among the pairs"):
+        export_change_chips(pairs, tmp_path / "x", valid_cities=["nowhere"])
+
+
+def test_augmentation_keeps_both_dates_and_the_mask_aligned():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    before = torch.from_numpy(rng.normal(0, 1, (8, 3, 64, 64)).astype(np.float32))
+    mask = torch.zeros((8, 64, 64), dtype=torch.int64)
+    mask[:, 20:40, 10:30] = 1
+    after = before + 10.0 * mask[:, None].float()  # change only inside the mask
+    x, m = Augmentation(rotation=40, zoom=(0.8, 1.2), shift=0.2)(torch.cat([before, before], 1), mask)
+    assert torch.equal(x[:, :3], x[:, 3:])  # identical dates stay identical: one transform for all channels
+    assert (m != mask).float().mean() > 0.05  # and it did transform
+    torch.manual_seed(1)
+    x, m = Augmentation(rotation=40, zoom=(0.8, 1.2), shift=0.2)(torch.cat([before, after], 1), mask)
+    changed = ((x[:, 3:] - x[:, :3]).mean(1) > 5.0).long()
+    assert (changed == m).float().mean() > 0.97  # the change in the image moved with the mask
+
+
+# ------------------------------------------------------------------------------- models, loss
+
+
+def test_siamese_model_is_symmetric_and_blind_to_identical_dates():
+    torch.manual_seed(0)
+    model = build_change_model(["b1", "b2", "b3"], mean=[0.0] * 3, std=[1.0] * 3, fusion="siam-diff", encoder_depth=3).eval()
+    assert isinstance(model, SiameseDiffUnet) and model.spec.bands == tuple(pair_band_names(["b1", "b2", "b3"]))
+    assert model.spec.extra == {"fusion": "siam-diff", "dates": 2, "date_bands": ["b1", "b2", "b3"], "standardize": False}
+    x1, x2 = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(torch.cat([x1, x2], 1))
+        swapped = model(torch.cat([x2, x1], 1))
+        same = model(torch.cat([x1, x1], 1))
+    assert out.shape == (2, 2, 32, 32)
+    assert torch.allclose(out, swapped, atol=1e-5)  # |f1 - f2| does not care which date is first
+    assert torch.allclose(same[0], same[1], atol=1e-5)  # zero differences: no trace of the image left
+    early = build_change_model(["b1", "b2", "b3"], mean=np.arange(6.0), std=np.ones(6), encoder_depth=3)
+    assert isinstance(early, SegmentationModel) and early.spec.in_channels == 6
+    assert early.mean.flatten().tolist() == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ConfigError, match="fusion"):
+        build_change_model(["b1"], mean=[0], std=[1], fusion="late")
+
+
+def test_weights_round_trip_through_safetensors(tmp_path):
+    torch.manual_seed(0)
+    model = build_change_model(["b1", "b2"], mean=[1.0, 2.0], std=[3.0, 4.0], fusion="siam-diff", encoder_depth=3).eval()
+    save_weights(model, tmp_path / "w.safetensors")
+    again = load_change_model(json.loads(json.dumps(model.spec.to_dict())), tmp_path / "w.safetensors")
+    x = torch.randn(1, 4, 32, 32)
+    with torch.no_grad():
+        assert isinstance(again, SiameseDiffUnet) and torch.equal(model(x), again(x))
+
+
+def test_change_loss_ignores_unlabelled_pixels_and_adds_dice():
+    mask = torch.tensor([[[0, 1], [255, 1]]])
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[0, 1] = torch.tensor([[-3.0, 3.0], [0.0, 3.0]])
+    base = ChangeLoss()(logits, mask)
+    moved = logits.clone()
+    moved[0, :, 1, 0] = torch.tensor([9.0, -9.0])  # only the ignored pixel changes
+    assert torch.equal(ChangeLoss()(moved, mask), base)
+    ce = torch.nn.functional.cross_entropy(logits, mask, ignore_index=255)
+    assert torch.isclose(base, ce)
+    p = torch.sigmoid(torch.tensor([-3.0, 3.0, 3.0]))  # softmax of (0, l) = sigmoid(l)
+    dice = (2 * (p[1] + p[2]) + 1) / (p.sum() + 2 + 1)
+    assert torch.isclose(ChangeLoss(dice=0.5)(logits, mask), ce + 0.5 * (1 - dice))
+    weighted = ChangeLoss(torch.tensor([1.0, 4.0]))(logits, mask)
+    assert torch.isclose(weighted, torch.nn.functional.cross_entropy(logits, mask, weight=torch.tensor([1.0, 4.0]), ignore_index=255))
+
+
+def test_trained_siamese_model_finds_the_change_square_of_an_unseen_pair(tmp_path):
+    torch.set_num_threads(1)
+    pairs = _synthetic_pairs(3)
+    export_change_chips(pairs, tmp_path, valid_cities=["city2"], tile_size=32, stride=16)
+    mean, std = band_statistics(tmp_path / "chips.parquet", "train")
+    torch.manual_seed(0)
+    model = build_change_model(["b1", "b2", "b3"], mean=mean, std=std, fusion="siam-diff", encoder_depth=3)
+    train = ChipDataset(tmp_path / "chips.parquet", "train", fill=mean)
+    Trainer(model, train, None, num_classes=2, batch_size=8, loss=ChangeLoss(dice=0.5), device="cpu", seed=0).fit(12, 3e-3, progress=False)
+    before, after, labels = pairs["city2"]
+    pred = predict_change(model, before, after, tile_size=64, padding=0, device="cpu")
+    m = compute_metrics(labels.values, pred.mask.values, [0, 1], ["no change", "change"])
+    assert m.f1["change"] > 0.85 and m.iou["change"] > 0.75
+
+
+# --------------------------------------------------------------------------------- prediction
+
+
+def test_predict_change_mask_probability_and_cogs(tmp_path):
+    pairs = _synthetic_pairs(1)
+    before, after, labels = pairs["city0"]
+    before = before.copy(data=before.values.copy())
+    before.values[0, :, 0:4, 0:6] = np.nan  # no data on the first date there
+    pred = predict_change(
+        DiffModel(), before, after, tile_size=48, padding=8, out_path=tmp_path / "change.tif", prob_path=tmp_path / "p.tif"
+    )
+    mask, prob = pred.mask.values, pred.probability.values
+    assert mask.dtype == np.uint8 and prob.dtype == np.float32
+    assert (mask[0:4, 0:6] == 255).all() and np.isnan(prob[0:4, 0:6]).all()
+    ok = mask != 255
+    assert np.array_equal(mask[ok], (prob[ok] > 0.5).astype(np.uint8))
+    assert np.array_equal(mask[ok], labels.values[ok])  # the stand-in sees exactly the square
+    only_mask = predict_change(DiffModel(), before, after, tile_size=48, padding=8).mask
+    assert only_mask.odc.geobox == before.odc.geobox and np.array_equal(only_mask.values, mask)
+    with rasterio.open(tmp_path / "change.tif") as m, rasterio.open(tmp_path / "p.tif") as p:
+        assert m.crs.to_epsg() == 32631 and m.transform == before.odc.geobox.affine and m.nodata == 255
+        assert np.array_equal(m.read(1), mask) and p.dtypes[0] == "float32"
+        assert np.allclose(p.read(1), prob, equal_nan=True)
+
+
+# ------------------------------------------------------------------------------------- CVA
+
+
+def test_cva_finds_the_square_with_a_threshold_fitted_on_other_pairs():
+    pairs = _synthetic_pairs(3)
+    mags = {c: change_vector_magnitude(b, a) for c, (b, a, _) in pairs.items()}
+    threshold, f1 = fit_cva_threshold([mags["city0"].values, mags["city1"].values], [pairs["city0"][2].values, pairs["city1"][2].values])
+    assert f1 == 1.0
+    predicted = cva_mask(mags["city2"], threshold)
+    assert predicted.odc.geobox == pairs["city2"][0].odc.geobox
+    assert np.array_equal(predicted.values, pairs["city2"][2].values)
+
+
+def test_cva_threshold_maximises_f1_among_all_thresholds():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((40, 40)) < 0.1).astype(np.uint8)
+    mag = rng.normal(0, 1, (40, 40)) + 1.5 * labels
+    labels[:2] = 255  # unlabelled rows are left out
+    threshold, f1 = fit_cva_threshold([mag], [labels])
+
+    def f1_at(t: float) -> float:
+        return compute_metrics(labels, (mag >= t).astype(np.uint8), [0, 1]).f1["1"]
+
+    assert f1 == pytest.approx(f1_at(threshold))
+    assert f1 >= max(f1_at(t) for t in np.unique(mag[labels != 255])) - 1e-12
+
+
+# ------------------------------------------------------------------------------ LEVIR (PNG)
+
+
+@pytest.mark.realdata
+def test_levir_png_pair_loads_without_georeference_trains_and_predicts(tmp_path):
+    if not LEVIR.is_dir():
+        pytest.skip("needs ../shared/data/change/levir_samples")
+    names = ["test_2_0000_0000.png", "test_7_0256_0512.png"]
+    pairs = {}
+    for name in names:
+        with pytest.warns(StaclearnWarning, match="no georeference.*cannot be written as COGs nor published as STAC Items"):
+            pairs[name[:-4]] = load_png_pair(LEVIR / "A" / name, LEVIR / "B" / name, LEVIR / "label" / name)
+    before, after, labels = pairs["test_2_0000_0000"]
+    assert before.shape == (1, 3, 256, 256) and before.odc.crs is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(LEVIR / "label" / names[0]) as src:
+            raw = src.read(1)
+    assert set(np.unique(labels.values)) == {0, 1} and np.array_equal(labels.values, (raw == 255).astype(np.uint8))
+    index = export_change_chips(pairs, tmp_path, valid_cities=[names[1][:-4]], tile_size=128, stride=128)
+    assert index.crs is None and len(index) == 8
+    mean, std = band_statistics(tmp_path / "chips.parquet", "train")
+    torch.manual_seed(0)
+    model = build_change_model(["red", "green", "blue"], mean=mean, std=std, encoder_depth=3)
+    Trainer(model, ChipDataset(tmp_path / "chips.parquet", "train"), None, num_classes=2, batch_size=4, loss=ChangeLoss(), device="cpu").fit(1, progress=False)
+    pred = predict_change(model, before, after, tile_size=128, padding=16, probability=True, device="cpu")
+    assert pred.mask.shape == (256, 256) and set(np.unique(pred.mask.values)) <= {0, 1}
+    assert pred.mask.odc.crs is None and np.isfinite(pred.probability.values).all()
+    with pytest.raises(ConfigError, match="no georeference"):
+        predict_change(model, before, after, tile_size=128, padding=16, out_path=tmp_path / "m.tif")
+
+
+# ---------------------------------------------------------------------------- OSCD (real)
+
+
+@pytest.fixture(scope="module")
+def oscd_items() -> dict[str, pystac.Item]:
+    if not (OSCD / "paris" / "dates.txt").is_file():
+        pytest.skip("needs ../shared/data/change/oscd")
+    return {i.id: i for i in open_items(OSCD_CATALOG)}
+
+
+@pytest.mark.realdata
+def test_oscd_original_mask_without_georeference(oscd_items, tmp_path):
+    item = oscd_items["bercy-labels"].clone()
+    item.assets["labels"].href = str(OSCD / "bercy" / "cm" / "bercy-cm.tif")  # the original, no georeference
+    before, after = [oscd_items["bercy-20161130"]], [oscd_items["bercy-20170829"]]
+    with pytest.warns(StaclearnWarning, match="no georeference"):
+        _, _, original = load_pair(before, after, bands=["B02"], label_item=item)
+    _, _, georef = load_pair(before, after, bands=["B02"], label_item=oscd_items["bercy-labels"])
+    assert np.array_equal(original.values, georef.values) and int(georef.values.sum()) == 1046
+    with pytest.raises(GeoBoxMismatchError, match=r"bercy-cm.tif\).*no georeference.*\(395, 360\) differs.*\(198, 180\)"):
+        load_pair(before, after, bands=["B05"], label_item=item)  # loaded on the 20 m grid
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_oscd_run_on_an_unseen_city(oscd_items, tmp_path):
+    torch.set_num_threads(1)
+    items = [i for i in oscd_items.values() if i.properties["staclearn:city"] in ("paris", "rennes", "bercy")]
+    config = ChangeConfig(
+        valid_cities=("bercy",), bands=("B02", "B03", "B04", "B08", "B05", "B11"), fusion="early",
+        tile_size=64, stride=64, encoder_depth=5, epochs=3, batch_size=16, device="cpu", seed=0,
+    )
+    result = run_change(items, tmp_path / "run", config, progress=False, log=lambda _: None)
+
+    # the common GeoBox is the 10 m B02 grid of the city
+    b02 = next((OSCD / "bercy" / "imgs_1").glob("*_B02.tif"))
+    with rasterio.open(b02) as src, rasterio.open(result.change_masks["bercy"]) as cm:
+        assert cm.shape == src.shape == (395, 360) and cm.transform.almost_equals(src.transform, 1e-12)
+        assert cm.crs.to_epsg() == 4326 and cm.nodata == 255 and cm.dtypes[0] == "uint8"
+        mask = cm.read(1)
+    assert set(np.unique(mask)) <= {0, 1, 255}
+    with rasterio.open(OSCD / "bercy" / "cm" / "bercy-cm_georef.tif") as src:
+        truth = src.read(1)
+    m, cva = result.metrics["bercy"]["model"], result.metrics["bercy"]["cva"]
+    for metrics in (m, cva):
+        assert metrics.n_samples == int(np.isin(truth, [1, 2]).sum()) == 142200
+        assert metrics.confusion.sum() + metrics.n_unclassified == metrics.n_samples
+        assert metrics.support == {"no change": 141154, "change": 1046}
+        tp, fp, fn = metrics.confusion[1, 1], metrics.confusion[0, 1], metrics.confusion[1, 0] + 0
+        fn += metrics.support["change"] - metrics.confusion[1].sum()  # unclassified change pixels
+        assert metrics.f1["change"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert m.confusion[:, 1].sum() == int((mask == 1).sum())  # the COG is what was evaluated
+
+    # the CVA threshold is the one that maximises F1 on the TRAINING cities only
+    mags, labs = [], []
+    for city in ("paris", "rennes"):
+        g = result.source_items[city]
+        b, a, lab = load_pair(g.before, g.after, bands=list(config.bands), label_item=g.labels)
+        mags.append(change_vector_magnitude(b, a).values)
+        labs.append(lab.values)
+    threshold, f1 = fit_cva_threshold(mags, labs)
+    assert result.cva_threshold == pytest.approx(threshold) and result.cva_train_f1 == pytest.approx(f1)
+    with rasterio.open(result.cva_masks["bercy"]) as src:
+        assert cva.confusion[:, 1].sum() == int((src.read(1) == 1).sum())
+
+    report = json.loads(result.evaluation.read_text())
+    assert set(report["models"]) == {"bercy early", "bercy cva"}
+    assert report["models"]["bercy early"]["confusion"] == m.confusion.tolist()
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    assert result.source_items["bercy"].before[0].id == "bercy-20161130"
+    assert result.source_items["bercy"].after[0].id == "bercy-20170829"
+    again = load_change_model(json.loads(result.spec.read_text()), result.weights)
+    assert again.spec.bands == tuple(pair_band_names(config.bands))
