@@ -126,6 +126,12 @@ def _check_overlap(items: list[pystac.Item], bbox: Sequence[float] | None) -> No
     )
 
 
+def yx_dims(ds: xr.Dataset) -> xr.Dataset:
+    """Rename odc-stac's ``latitude``/``longitude`` dims (geographic CRSs such as EPSG:4326)
+    to ``y``/``x``, the fixed spatial dims of staclearn cubes; odc-geo still finds the GeoBox."""
+    return ds.rename({k: v for k, v in (("latitude", "y"), ("longitude", "x")) if k in ds.dims})
+
+
 def _load_odc(
     items: list[pystac.Item],
     bands: Sequence[str] | None,
@@ -159,9 +165,7 @@ def _load_odc(
         resampling=resampling,
         **kw,
     )
-    # odc-stac names the axes of a geographic CRS (EPSG:4326) latitude/longitude; the cube's
-    # dims are fixed, and odc-geo still finds the GeoBox under y/x.
-    ds = ds.rename({k: v for k, v in (("latitude", "y"), ("longitude", "x")) if k in ds.dims})
+    ds = yx_dims(ds)
     names = list(ds.data_vars)
     nodata = ds[names[0]].attrs.get("nodata")
     arr = ds.to_array("band").transpose(*DIMS)

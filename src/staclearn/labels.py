@@ -19,6 +19,7 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
+from staclearn.cube import yx_dims
 from staclearn.errors import AssetNotFoundError, LabelError, NoOverlapError
 
 __all__ = [
@@ -213,8 +214,7 @@ def load_label_raster(
         )
     classes = list(classes) if classes is not None else classes_from_item(item, asset)
     ds = odc.stac.load([item], bands=[asset], geobox=geobox, resampling="nearest", dtype="float32")
-    # geographic CRSs come back as latitude/longitude; labels use the cube's y/x names
-    ds = ds.rename({k: v for k, v in (("latitude", "y"), ("longitude", "x")) if k in ds.dims})
+    ds = yx_dims(ds)
     raw = ds[asset].isel(time=0).values
     nodata = ds[asset].attrs.get("nodata")
     idx = values_to_indices(raw, classes, nodata=nodata, ignore_index=ignore_index)
