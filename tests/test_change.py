@@ -41,14 +41,20 @@ from staclearn.change import (
     run_change,
     stack_pair,
 )
+from staclearn.change import change_mask_item
 from staclearn.chips import ChipDataset, band_statistics
 from staclearn.errors import (
     BandMismatchError,
     ConfigError,
+    DateOrderError,
     GeoBoxMismatchError,
+    NoGeoreferenceError,
+    NoGeoreferenceWarning,
     NoOverlapError,
     StaclearnWarning,
 )
+from staclearn.modelcard import load_model, model_card, spec_from_card
+from staclearn.validate import validate, validate_catalog
 from staclearn.evaluate import compute_metrics
 from staclearn.models import ModelSpec, SegmentationModel, save_weights
 from staclearn.search import open_items
@@ -158,7 +164,7 @@ def test_load_pair_puts_dates_and_labels_on_one_geobox(tmp_path):
 
 def test_dates_in_the_wrong_order_are_refused(tmp_path):
     b, a, _ = _pair_items(tmp_path, "p", 0)
-    with pytest.raises(ConfigError, match=r"2022-06-01T00:00:00\+00:00.*later than.*2021-06-01T00:00:00\+00:00") as err:
+    with pytest.raises(DateOrderError, match=r"2022-06-01T00:00:00\+00:00.*later than.*2021-06-01T00:00:00\+00:00") as err:
         load_pair([a], [b], bands=["b1"])
     assert "p-t2" in str(err.value) and "allow_reversed=True" in str(err.value)
     before, _, _ = load_pair([a], [b], bands=["b1"], allow_reversed=True)
@@ -351,6 +357,59 @@ def test_trained_siamese_model_finds_the_change_square_of_an_unseen_pair(tmp_pat
     assert m.f1["change"] > 0.85 and m.iou["change"] > 0.75
 
 
+# ------------------------------------------------------------------------ card and Items
+
+
+@pytest.mark.parametrize("fusion", ["early", "siam-diff"])
+def test_change_card_has_one_mlm_input_per_date_and_rebuilds_the_model(tmp_path, fusion):
+    torch.manual_seed(0)
+    model = build_change_model(
+        ["b1", "b2"], mean=[1.0, 2.0, 3.0, 4.0], std=[5.0, 6.0, 7.0, 8.0], fusion=fusion, encoder_depth=3
+    ).eval()
+    weights = save_weights(model, tmp_path / "w.safetensors")
+    card = model_card(model, str(weights), id="change-model", tile_size=64)
+    card.set_self_href(str(tmp_path / "card.json"))
+    card.save_object(include_self_link=False)
+    inputs = card.properties["mlm:input"]
+    assert [i["name"] for i in inputs] == ["t1 (before)", "t2 (after)"]
+    assert [i["bands"] for i in inputs] == [["b1", "b2"], ["b1", "b2"]]
+    assert [[v["mean"] for v in i["value_scaling"]] for i in inputs] == [[1.0, 2.0], [3.0, 4.0]]
+    assert "channels 0-1, then the after date's 2 bands as channels 2-3" in inputs[0]["description"]
+    assert card.properties["mlm:output"][0]["classification:classes"][1]["name"] == "change"
+    if (SHARED_DIR / "schemas").is_dir():
+        report = validate(card.to_dict(), SHARED_DIR / "schemas")
+        assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in report.validated and not report.skipped
+    spec = spec_from_card(card)
+    assert spec.bands == ("t1:b1", "t1:b2", "t2:b1", "t2:b2") and spec.mean == (1.0, 2.0, 3.0, 4.0)
+    again = load_model(tmp_path / "card.json")
+    assert isinstance(again, SiameseDiffUnet if fusion == "siam-diff" else SegmentationModel)
+    x = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+
+
+def test_change_mask_item_links_both_dates_and_refuses_masks_without_crs(tmp_path):
+    b, a, _ = _pair_items(tmp_path, "p", 0)
+    gbox = GeoBox((SIZE, SIZE), _transform(), CRS)
+    mask = xr.DataArray(np.zeros((SIZE, SIZE), np.uint8), dims=("y", "x"), coords=xr_coords(gbox))
+    from odc.geo.xr import assign_crs
+
+    mask = assign_crs(mask, CRS)
+    mask[:, :8] = 255  # nodata strip: not in the geometry
+    item = change_mask_item("m.tif", mask, id="p-change", before=[b], after=[a], probability_href="p.tif")
+    links = {link.title: link.href for link in item.links if link.rel == "derived_from"}
+    assert set(links) == {"before: p-t1", "after: p-t2"}
+    classes = item.assets["change_mask"].extra_fields["classification:classes"]
+    assert [(c["value"], c["name"]) for c in classes] == [(0, "no change"), (1, "change")]
+    assert item.properties["start_datetime"].startswith("2021-06-01") and item.properties["end_datetime"].startswith("2022-06-01")
+    west, south, east, north = gbox[:, 8:].extent.to_crs("EPSG:4326").boundingbox
+    assert item.bbox == pytest.approx([west, south, east, north], abs=1e-6)  # nodata columns left out
+    assert item.assets["change_probability"].extra_fields["raster:bands"][0]["data_type"] == "float32"
+    pixel = xr.DataArray(np.zeros((4, 4), np.uint8), dims=("y", "x"), coords={"y": np.arange(4) + 0.5, "x": np.arange(4) + 0.5})
+    with pytest.raises(NoGeoreferenceError, match="'png-change' has no CRS.*cannot be published as a STAC Item"):
+        change_mask_item("m.tif", pixel, id="png-change", before=[b], after=[a])
+
+
 # --------------------------------------------------------------------------------- prediction
 
 
@@ -413,7 +472,7 @@ def test_levir_png_pair_loads_without_georeference_trains_and_predicts(tmp_path)
     names = ["test_2_0000_0000.png", "test_7_0256_0512.png"]
     pairs = {}
     for name in names:
-        with pytest.warns(StaclearnWarning, match="no georeference.*cannot be written as COGs nor published as STAC Items"):
+        with pytest.warns(NoGeoreferenceWarning, match="no georeference.*cannot be written as COGs nor published as STAC Items"):
             pairs[name[:-4]] = load_png_pair(LEVIR / "A" / name, LEVIR / "B" / name, LEVIR / "label" / name)
     before, after, labels = pairs["test_2_0000_0000"]
     assert before.shape == (1, 3, 256, 256) and before.odc.crs is None
@@ -431,8 +490,10 @@ def test_levir_png_pair_loads_without_georeference_trains_and_predicts(tmp_path)
     pred = predict_change(model, before, after, tile_size=128, padding=16, probability=True, device="cpu")
     assert pred.mask.shape == (256, 256) and set(np.unique(pred.mask.values)) <= {0, 1}
     assert pred.mask.odc.crs is None and np.isfinite(pred.probability.values).all()
-    with pytest.raises(ConfigError, match="no georeference"):
+    with pytest.raises(NoGeoreferenceError, match="no georeference"):
         predict_change(model, before, after, tile_size=128, padding=16, out_path=tmp_path / "m.tif")
+    with pytest.raises(NoGeoreferenceError, match="cannot be published as a STAC Item"):
+        change_mask_item("m.tif", pred.mask, id="levir", before=[], after=[])
 
 
 # ---------------------------------------------------------------------------- OSCD (real)
@@ -508,3 +569,26 @@ def test_oscd_run_on_an_unseen_city(oscd_items, tmp_path):
     assert result.source_items["bercy"].after[0].id == "bercy-20170829"
     again = load_change_model(json.loads(result.spec.read_text()), result.weights)
     assert again.spec.bands == tuple(pair_band_names(config.bands))
+
+    # published: catalog -> collection -> MLM card + one change-mask Item, valid offline
+    assert validate_catalog(result.catalog, SHARED_DIR / "schemas") == 4
+    cat = pystac.Catalog.from_file(str(result.catalog))
+    items = {i.id: i for i in cat.get_items(recursive=True)}
+    card, item = items["run-model"], items["run-change-bercy"]
+    assert [i["name"] for i in card.properties["mlm:input"]] == ["t1 (before)", "t2 (after)"]
+    assert all(i["bands"] == list(config.bands) for i in card.properties["mlm:input"])
+    assert card.properties["start_datetime"].startswith("2015") and "rennes" in card.properties["mlm:hyperparameters"]["split"]
+    training = {link.title for link in card.links if link.rel == "derived_from"}
+    assert "training data: paris-labels" in training and not any("bercy" in t for t in training)
+    derived = {link.title for link in item.links if link.rel == "derived_from"}
+    assert derived == {"before: bercy-20161130", "after: bercy-20170829", "model card: run-model"}
+    assert item.properties["start_datetime"].startswith("2016-11-30") and item.properties["end_datetime"].startswith("2017-08-29")
+    classes = item.assets["change_mask"].extra_fields["classification:classes"]
+    assert [(c["value"], c["name"]) for c in classes] == [(0, "no change"), (1, "change")]
+    # the card alone gives the same change mask
+    model = load_model(card.get_self_href())
+    b, a, _ = load_pair(result.source_items["bercy"].before, result.source_items["bercy"].after, bands=list(config.bands))
+    with rasterio.open(item.assets["change_mask"].get_absolute_href()) as src:
+        published = src.read(1)
+    assert np.array_equal(predict_change(model, b, a, device="cpu").mask.values, published)
+    assert np.array_equal(published, mask)

@@ -52,9 +52,12 @@ from staclearn.errors import (
     AssetNotFoundError,
     BandMismatchError,
     ConfigError,
+    DateOrderError,
     GeoBoxMismatchError,
     LabelError,
     NoItemsFoundError,
+    NoGeoreferenceError,
+    NoGeoreferenceWarning,
     NoOverlapError,
     StaclearnWarning,
 )
@@ -66,7 +69,16 @@ from staclearn.labels import (
     load_label_raster,
     values_to_indices,
 )
-from staclearn.models import ModelSpec, SegmentationModel, load_weights, save_weights
+from staclearn.models import (
+    DATE_PREFIXES,
+    FUSIONS,
+    ModelSpec,
+    SiameseDiffUnet,
+    load_weights,
+    model_from_spec,
+    pair_band_names,
+    save_weights,
+)
 from staclearn.predict import (
     CLASS_MAP_NODATA,
     predict_class_map,
@@ -98,6 +110,7 @@ __all__ = [
     "PairItems",
     "ChangeResult",
     "run_change",
+    "change_mask_item",
 ]
 
 CHANGE_CLASSES: tuple[ClassInfo, ...] = (
@@ -106,26 +119,8 @@ CHANGE_CLASSES: tuple[ClassInfo, ...] = (
 )
 """Classes of change masks: value 0 no change, 1 change (255 = nodata / unlabelled)."""
 
-DATE_PREFIXES = ("t1:", "t2:")
-"""Prefixes of the stacked band names: ``t1:`` the before date, ``t2:`` the after date."""
-
-FUSIONS = ("early", "siam-diff")
-"""Model fusion types: early fusion (FC-EF) and siamese feature differences (FC-Siam-diff)."""
-
 #: Sentinel-2 10 m and 20 m bands, the default of :class:`ChangeConfig`.
 S2_10M_20M = ("B02", "B03", "B04", "B08", "B05", "B06", "B07", "B8A", "B11", "B12")
-
-
-def pair_band_names(bands: Sequence[str]) -> list[str]:
-    """Names of the stacked channels: ``t1:<band>`` for each band, then ``t2:<band>``.
-
-    Args:
-        bands: the C band names of one date.
-
-    Returns:
-        2C names, before bands first.
-    """
-    return [f"{p}{b}" for p in DATE_PREFIXES for b in bands]
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,7 +143,7 @@ def _check_order(before: Sequence[pystac.Item], after: Sequence[pystac.Item], al
     t1 = min(item_time_range(i)[0] for i in before)
     t2 = min(item_time_range(i)[0] for i in after)
     if t1 > t2 and not allow_reversed:
-        raise ConfigError(
+        raise DateOrderError(
             f"The before Items {_ids(before)} ({t1.isoformat()}) are later than the after Items "
             f"{_ids(after)} ({t2.isoformat()}). Swap before_items and after_items, or pass "
             "allow_reversed=True to detect change backwards in time."
@@ -326,8 +321,9 @@ def load_pair(
 
     Raises:
         NoItemsFoundError: ``before_items`` or ``after_items`` is empty.
-        ConfigError: the before Items are later than the after Items (and not
-            ``allow_reversed``); both ``geobox`` and ``resolution``; no band given.
+        DateOrderError: the before Items are later than the after Items (and not
+            ``allow_reversed``); the message names both and their dates.
+        ConfigError: both ``geobox`` and ``resolution``; no band given.
         BandMismatchError: a band is missing on one date (the message lists both band sets).
         NoOverlapError: the two dates, or a given ``geobox``, do not overlap; no labelled
             pixel on the grid.
@@ -391,7 +387,7 @@ def load_png_pair(
         ``labels`` ``(y, x) uint8`` 0/1 or ``None``.
 
     Warns:
-        StaclearnWarning: always, saying the pair has no georeference.
+        NoGeoreferenceWarning: always, saying the pair has no georeference.
 
     Raises:
         FileNotFoundError: a file does not exist.
@@ -443,7 +439,7 @@ def load_png_pair(
             name="change_labels",
         )
     warnings.warn(
-        StaclearnWarning(
+        NoGeoreferenceWarning(
             f"{os.fspath(a_path)!r} and {os.fspath(b_path)!r} have no georeference: the cubes are in "
             "pixel coordinates without CRS, so their change masks cannot be written as COGs nor "
             "published as STAC Items with a geometry."
@@ -620,67 +616,6 @@ def export_change_chips(
 # --------------------------------------------------------------------------------------------
 
 
-class SiameseDiffUnet(nn.Module):
-    """FC-Siam-diff (Daudt et al. 2018): a shared encoder per date, a U-Net decoder on ``|f1 - f2|``.
-
-    The input is the stacked pair (as for early fusion), z-score normalised with the spec's
-    2C mean/std, then split into the two dates; both go through the same smp encoder (one
-    batched pass, so BatchNorm sees both dates), and the decoder receives the absolute
-    feature difference at every scale, the bottleneck included (Daudt et al. feed the
-    bottleneck with the second date's features; the difference keeps the model symmetric in
-    the two dates).
-
-    Args:
-        spec: :class:`staclearn.models.ModelSpec` with ``architecture="Unet"``, 2C stacked
-            bands (``t1:*`` then ``t2:*``) and ``extra["fusion"] == "siam-diff"``.
-
-    Forward:
-        x: ``(B, 2C, H, W) float32`` in the imagery's units, H and W multiples of
-        ``spec.stride``. Returns logits ``(B, K, H, W) float32``.
-
-    Raises:
-        ConfigError: an odd number of bands or mean/std of another length.
-    """
-
-    def __init__(self, spec: ModelSpec) -> None:
-        super().__init__()
-        import segmentation_models_pytorch as smp
-
-        if spec.in_channels % 2 or len(spec.mean) != spec.in_channels or len(spec.std) != spec.in_channels:
-            raise ConfigError(
-                f"A siamese model needs 2C stacked bands with 2C means/stds; got {spec.in_channels} "
-                f"bands, {len(spec.mean)} means, {len(spec.std)} stds."
-            )
-        self.spec = spec
-        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.net = smp.Unet(
-            encoder_name=spec.encoder,
-            encoder_weights=spec.encoder_weights,
-            in_channels=spec.in_channels // 2,
-            classes=spec.num_classes,
-            encoder_depth=spec.encoder_depth,
-            decoder_channels=tuple(256 // 2**i for i in range(spec.encoder_depth)),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        c = x.shape[1] // 2
-        feats = self.net.encoder(torch.cat([x[:, :c], x[:, c:]], 0))
-        n = x.shape[0]
-        diffs = [torch.abs(f[:n] - f[n:]) for f in feats]
-        return self.net.segmentation_head(self.net.decoder(diffs))
-
-
-def _model_from_spec(spec: ModelSpec) -> nn.Module:
-    fusion = spec.extra.get("fusion", "early")
-    if fusion == "early":
-        return SegmentationModel(spec)
-    if fusion == "siam-diff":
-        return SiameseDiffUnet(spec)
-    raise ConfigError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-
-
 def build_change_model(
     bands: Sequence[str],
     *,
@@ -737,7 +672,7 @@ def build_change_model(
         encoder_depth=encoder_depth,
         extra={"fusion": fusion, "dates": 2, "date_bands": list(bands), "standardize": bool(standardize)},
     )
-    return _model_from_spec(spec)
+    return model_from_spec(spec)
 
 
 def load_change_model(spec: ModelSpec | Mapping[str, Any], weights: str | os.PathLike[str]) -> nn.Module:
@@ -756,7 +691,7 @@ def load_change_model(spec: ModelSpec | Mapping[str, Any], weights: str | os.Pat
         UnsafeWeightsError: the file is not safetensors.
     """
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(dict(spec))
-    model = load_weights(_model_from_spec(spec), weights)
+    model = load_weights(model_from_spec(spec), weights)
     return model.eval()
 
 
@@ -862,13 +797,14 @@ def predict_change(
     Raises:
         BandMismatchError: the cubes' bands differ from each other or from the model's.
         GeoBoxMismatchError: the dates are not on one GeoBox.
-        ConfigError: bad tiling, or a path given for a pair without CRS (no COG possible).
+        ConfigError: bad tiling.
+        NoGeoreferenceError: a path given for a pair without CRS (no COG possible).
     """
     spec = getattr(model, "spec", None)
     standardize = bool(spec.extra.get("standardize", False)) if spec is not None else False
     stacked = stack_pair(before, after, standardize=standardize)
     if (out_path is not None or prob_path is not None) and stacked.odc.crs is None:
-        raise ConfigError(
+        raise NoGeoreferenceError(
             "This pair has no georeference (pixel coordinates only): its change mask cannot be "
             "written as a COG. Use the returned arrays (prediction.mask.values) instead."
         )
@@ -1090,6 +1026,9 @@ class ChangeResult:
         source_items: ``{city: PairItems}`` for every city (training and validation).
         valid_cities: the validation cities.
         history: per-epoch training records.
+        catalog: ``catalog.json`` of the published run (MLM card + change-mask Items).
+        model_card: the MLM card Item.
+        items: ``{city: change-mask Item}`` of the validation cities.
         timings: seconds per step.
     """
 
@@ -1108,6 +1047,9 @@ class ChangeResult:
     source_items: dict[str, PairItems]
     valid_cities: tuple[str, ...]
     history: list[EpochRecord]
+    catalog: Path | None = None
+    model_card: pystac.Item | None = None
+    items: dict[str, pystac.Item] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -1174,13 +1116,16 @@ def run_change(
         out_dir: run folder; receives ``chips/``, ``model/weights.safetensors`` +
             ``model/spec.json``, ``change_<city>.tif`` (uint8 COG, 0/1, nodata 255),
             ``cva_<city>.tif``, optionally ``change_probability_<city>.tif``,
-            ``evaluation.json`` + ``evaluation_confusion.png``, ``history.json``, ``timings.json``.
+            ``evaluation.json`` + ``evaluation_confusion.png``, ``history.json``, ``timings.json``
+            and the published ``catalog.json`` -> ``<run>/collection.json`` -> Items.
         config: settings; ``config.valid_cities`` must name at least one city of the catalog.
         progress: tqdm progress bars while training.
         log: where step messages go.
 
     Returns:
-        A :class:`ChangeResult` (no STAC Item is written for the outputs).
+        A :class:`ChangeResult`. ``out_dir/catalog.json`` is a static catalog with the MLM
+        card (both dates in ``mlm:input``) and one change-mask Item per validation city
+        (:func:`change_mask_item`), which validate offline (:mod:`staclearn.validate`).
 
     Raises:
         ConfigError: no or unknown validation city, no training city, bad settings.
@@ -1279,7 +1224,8 @@ def run_change(
         log(f"{city}: F1(change) {config.fusion} {m.f1['change']:.3f}  CVA {c.f1['change']:.3f}")
     timings["predict_evaluate"] = time.perf_counter() - t3
     report = {f"{city} {config.fusion}" if k == "model" else f"{city} cva": v for city, d in metrics.items() for k, v in d.items()}
-    json_path, _ = write_report(report, out, name="evaluation")
+    json_path, png_path = write_report(report, out, name="evaluation")
+    card, items = _publish_run(out, model, config, groups, train_cities, metrics, masks, probs, json_path, png_path, trainer)
     timings["total"] = time.perf_counter() - t0
     _write_json(out / "timings.json", timings)
     return ChangeResult(
@@ -1298,8 +1244,168 @@ def run_change(
         source_items=groups,
         valid_cities=tuple(config.valid_cities),
         history=history,
+        catalog=out / "catalog.json",
+        model_card=card,
+        items=items,
         timings=timings,
     )
+
+
+def _publish_run(
+    out: Path,
+    model: nn.Module,
+    config: ChangeConfig,
+    groups: Mapping[str, PairItems],
+    train_cities: Sequence[str],
+    metrics: Mapping[str, Mapping[str, ClassificationMetrics]],
+    masks: Mapping[str, Path],
+    probs: Mapping[str, Path],
+    evaluation_json: Path,
+    confusion_png: Path,
+    trainer: Trainer,
+) -> tuple[pystac.Item, dict[str, pystac.Item]]:
+    """Write the MLM card and one change-mask Item per validation city into ``out/catalog.json``."""
+    from staclearn.modelcard import model_card
+    from staclearn.publish import write_catalog
+
+    run_id = out.resolve().name
+    training = [i for c in train_cities for i in (*groups[c].before, *groups[c].after, groups[c].labels)]
+    card = model_card(
+        model,  # type: ignore[arg-type]
+        str((out / "model" / "weights.safetensors").resolve()),
+        id=f"{run_id}-model",
+        tile_size=config.predict_tile_size,
+        hyperparameters={
+            "epochs": config.epochs,
+            "lr": config.lr,
+            "lr_schedule": "one-cycle",
+            "optimizer": "AdamW",
+            "batch_size": config.batch_size,
+            "tile_size": config.tile_size,
+            "stride": config.stride,
+            "loss": f"cross-entropy ({config.class_weights or 'unweighted'} class weights) + {config.dice:g} x Dice(change)",
+            "augmentation": "kornia flips/rotation/zoom/shift, one transform for both dates and the mask"
+            if config.augment
+            else "none",
+            "resampling": config.resampling,
+            "seed": config.seed,
+            "split": f"by city; training cities {list(train_cities)}, validation cities {list(config.valid_cities)}",
+        },
+        training_items=training,
+        metrics={
+            city: {k: {"f1_change": m.f1["change"], "precision_change": m.precision["change"], "recall_change": m.recall["change"], "iou_change": m.iou["change"]} for k, m in d.items()}
+            for city, d in metrics.items()
+        },
+        description=(
+            f"Change detection ({config.fusion} fusion, U-Net {config.encoder}) on pairs of {len(config.bands)} bands "
+            f"{list(config.bands)}, trained by staclearn on {', '.join(train_cities)}. Output: 0 no change, 1 change."
+        ),
+    )
+    card.add_asset(
+        "evaluation",
+        pystac.Asset(str(evaluation_json.resolve()), media_type=pystac.MediaType.JSON, roles=["metadata"], title="Evaluation on held-out cities (model and CVA)"),
+    )
+    card.add_asset(
+        "confusion_matrix",
+        pystac.Asset(str(confusion_png.resolve()), media_type=pystac.MediaType.PNG, roles=["overview"], title="Confusion matrices"),
+    )
+    items = {}
+    for city, path in masks.items():
+        g = groups[city]
+        mask = _open_mask(path)
+        items[city] = change_mask_item(
+            str(path.resolve()), mask, id=f"{run_id}-change-{city}", before=g.before, after=g.after, model_card=card,
+            probability_href=str(probs[city].resolve()) if city in probs else None,
+        )
+    write_catalog([card, *items.values()], out, id=run_id, description="staclearn change-detection run")
+    return card, items
+
+
+def _open_mask(path: Path) -> xr.DataArray:
+    import rioxarray  # noqa: F401  (registers the .rio accessor used by open_rasterio)
+
+    da = rioxarray.open_rasterio(path).squeeze("band", drop=True)
+    from odc.geo.xr import assign_crs
+
+    return assign_crs(da, da.rio.crs.to_wkt())
+
+
+def change_mask_item(
+    cog_href: str,
+    mask: xr.DataArray,
+    *,
+    id: str,
+    before: Sequence[pystac.Item],
+    after: Sequence[pystac.Item],
+    model_card: pystac.Item | None = None,
+    probability_href: str | None = None,
+    collection: str | None = None,
+) -> pystac.Item:
+    """Describe a change-mask COG as a STAC Item.
+
+    The Item is a :func:`staclearn.publish.class_map_item` whose asset ``change_mask`` carries
+    ``classification:classes`` 0 no change / 1 change (nodata 255), whose time range runs
+    from the start of the before Items to the end of the after Items, with ``derived_from``
+    links to every before and after Item and to the model card.
+
+    Args:
+        cog_href: href of the change-mask COG (uint8).
+        mask: the ``(y, x)`` change mask on its GeoBox (geometry = its non-nodata pixels).
+        id: Item id.
+        before: Items of the first date.
+        after: Items of the second date.
+        model_card: the MLM card Item of the change model.
+        probability_href: href of the change-probability COG (float32, NaN nodata), added as
+            asset ``change_probability``.
+        collection: collection id to record.
+
+    Returns:
+        The Item (projection, raster, classification and processing extensions).
+
+    Raises:
+        NoGeoreferenceError: ``mask`` has no CRS (a PNG pair): it has no geometry to publish.
+    """
+    from staclearn.publish import class_map_item, unsigned_href
+
+    if mask.odc.crs is None:
+        raise NoGeoreferenceError(
+            f"The change mask for Item {id!r} has no CRS (its pair had no georeference, e.g. LEVIR PNGs), "
+            "so it has no geometry and cannot be published as a STAC Item. Keep it as an array or "
+            "predict a georeferenced pair loaded from STAC Items."
+        )
+    item = class_map_item(
+        cog_href,
+        mask,
+        id=id,
+        classes=CHANGE_CLASSES,
+        source_items=[*before, *after],
+        model_card=model_card,
+        collection=collection,
+        lineage=(
+            f"Change between {_ids(before)} (before) and {_ids(after)} (after): both dates loaded onto one GeoBox with "
+            "odc-stac, stacked (t1 bands, then t2 bands) and predicted tile by tile by the change model of the "
+            "derived_from MLM card."
+        ),
+        asset_key="change_mask",
+        title="Change mask (0 no change, 1 change)",
+    )
+    for link in item.links:
+        if link.rel == "derived_from":
+            for label, group in (("before", before), ("after", after)):
+                if any(link.title == f"source: {i.id}" for i in group):
+                    link.title = link.title.replace("source", label, 1)
+    if probability_href is not None:
+        item.add_asset(
+            "change_probability",
+            pystac.Asset(
+                href=unsigned_href(probability_href),
+                media_type=pystac.MediaType.COG,
+                roles=["data"],
+                title="Probability of change (softmax), 0 to 1",
+                extra_fields={"raster:bands": [{"nodata": "nan", "data_type": "float32", "unit": "1"}]},
+            ),
+        )
+    return item
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -99,6 +99,11 @@ class ImageryNotFoundError(StaclearnError, FileNotFoundError):
     """An image file (or the image asset of an Item) does not exist or cannot be opened."""
 
 
+class CheckpointError(StaclearnError, ValueError):
+    """A training checkpoint cannot be resumed: missing, holds weights only, or was written for
+    another model, schedule (epochs, learning rate, steps per epoch) or trainer."""
+
+
 class StaclearnWarning(UserWarning):
     """Base class of every warning staclearn emits."""
 
@@ -112,6 +117,22 @@ __all__ += [
     "FieldNotFoundError",
     "DuplicateIdError",
     "ImageryNotFoundError",
+    "CheckpointError",
     "StaclearnWarning",
     "FootprintWarning",
 ]
+
+
+class DateOrderError(ConfigError):
+    """The "before" Items of a pair are later than its "after" Items."""
+
+
+class NoGeoreferenceError(ConfigError):
+    """A result without CRS (e.g. from a PNG pair) was asked to become a COG or a STAC Item."""
+
+
+class NoGeoreferenceWarning(StaclearnWarning):
+    """Imagery without georeference is used: results are in pixel coordinates only."""
+
+
+__all__ += ["DateOrderError", "NoGeoreferenceError", "NoGeoreferenceWarning"]

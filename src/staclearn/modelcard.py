@@ -22,7 +22,7 @@ import torch
 
 from staclearn.errors import ModelCardError
 from staclearn.classifier import ClassifierSpec, ObjectClassifier
-from staclearn.models import ModelSpec, SegmentationModel, load_weights
+from staclearn.models import ModelSpec, SegmentationModel, SiameseDiffUnet, load_weights, model_from_spec, pair_band_names
 from staclearn.publish import FsspecStacIO, unsigned_href
 
 __all__ = ["MLM_SCHEMA", "CLASSIFICATION_SCHEMA", "model_card", "spec_from_card", "load_model", "WEIGHTS_ASSET"]
@@ -39,7 +39,7 @@ def _torch_version() -> str:
 
 
 def model_card(
-    model: SegmentationModel | ObjectClassifier,
+    model: SegmentationModel | SiameseDiffUnet | ObjectClassifier,
     weights_href: str,
     *,
     id: str,
@@ -125,22 +125,12 @@ def model_card(
         }
         out_name = "class map"
         out_text = "Logits per class; the class map is argmax over 'class', mapped to the class values below."
-    props: dict[str, Any] = {
-        "description": description or f"{name} trained with staclearn",
-        "mlm:name": id,
-        "mlm:architecture": architecture,
-        "mlm:tasks": tasks,
-        "mlm:framework": "PyTorch",
-        "mlm:framework_version": _torch_version(),
-        "mlm:total_parameters": int(n_params),
-        "mlm:memory_size": int(mem),
-        "mlm:pretrained": pretrained is not None,
-        "mlm:pretrained_source": pretrained,
-        "mlm:batch_size_suggestion": int(hp.get("batch_size", 8)),
-        "mlm:accelerator": None,
-        "mlm:accelerator_constrained": False,
-        "mlm:accelerator_summary": "Runs on CPU, CUDA or Apple MPS (device chosen at run time).",
-        "mlm:input": [
+    value_scaling = [{"type": "z-score", "mean": float(m), "stddev": float(s)} for m, s in zip(spec.mean, spec.std, strict=True)]
+    two_dates = not classifier and spec.extra.get("dates") == 2
+    if two_dates:
+        inputs = _two_date_inputs(spec, tile_size, value_scaling, input_description)
+    else:
+        inputs = [
             {
                 "name": input_name or f"{len(spec.bands)}-band imagery",
                 "bands": list(spec.bands),
@@ -160,12 +150,26 @@ def model_card(
                         "pixels replaced by the band mean."
                     )
                 ),
-                "value_scaling": [
-                    {"type": "z-score", "mean": float(m), "stddev": float(s)} for m, s in zip(spec.mean, spec.std, strict=True)
-                ],
+                "value_scaling": value_scaling,
                 "resize_type": None,
             }
-        ],
+        ]
+    props: dict[str, Any] = {
+        "description": description or f"{name} trained with staclearn",
+        "mlm:name": id,
+        "mlm:architecture": architecture,
+        "mlm:tasks": tasks,
+        "mlm:framework": "PyTorch",
+        "mlm:framework_version": _torch_version(),
+        "mlm:total_parameters": int(n_params),
+        "mlm:memory_size": int(mem),
+        "mlm:pretrained": pretrained is not None,
+        "mlm:pretrained_source": pretrained,
+        "mlm:batch_size_suggestion": int(hp.get("batch_size", 8)),
+        "mlm:accelerator": None,
+        "mlm:accelerator_constrained": False,
+        "mlm:accelerator_summary": "Runs on CPU, CUDA or Apple MPS (device chosen at run time).",
+        "mlm:input": inputs,
         "mlm:output": [
             {
                 "name": out_name,
@@ -205,7 +209,9 @@ def model_card(
             # on the model asset is the MLM spec's own example and its schema is available offline
             extra_fields={
                 "mlm:artifact_type": "safetensors",
-                "raster:bands": [{"name": b, "data_type": "float32"} for b in spec.bands],
+                "raster:bands": [
+                    {"name": b, "data_type": "float32"} for b in (spec.extra["date_bands"] if two_dates else spec.bands)
+                ],
             },
         ),
     )
@@ -214,6 +220,50 @@ def model_card(
         if href:
             item.add_link(pystac.Link("derived_from", unsigned_href(href), pystac.MediaType.JSON, title=f"training data: {src.id}"))
     return item
+
+
+def _two_date_inputs(
+    spec: ModelSpec, tile_size: int, value_scaling: list[dict[str, Any]], note: str | None
+) -> list[dict[str, Any]]:
+    """``mlm:input`` of a change model: one input object per date, each naming the C bands.
+
+    MLM has no change-detection task and no pair input; it allows several input objects, so
+    each date is one (``t1`` before, ``t2`` after, each with its own bands and z-scores) and
+    the descriptions say how they are stacked into the one tensor the model takes.
+    """
+    bands = list(spec.extra["date_bands"])
+    c = len(bands)
+    fusion = spec.extra.get("fusion", "early")
+    how = (
+        "early fusion: a U-Net on all 2C channels (FC-EF, Daudt et al. 2018)"
+        if fusion == "early"
+        else "siamese: each date through one shared encoder, the decoder on |f1 - f2| (FC-Siam-diff, Daudt et al. 2018)"
+    )
+    stacking = (
+        f"The model takes ONE tensor (batch, 2 x {c} bands, height, width): the before date's {c} bands "
+        f"as channels 0-{c - 1}, then the after date's {c} bands as channels {c}-{2 * c - 1}, both dates on one "
+        f"GeoBox; {how}. Height and width multiples of {spec.stride} px; nodata pixels replaced by the "
+        "band mean."
+        + (" Each date is first z-scored by its own band statistics." if spec.extra.get("standardize") else "")
+    )
+    out = []
+    for k, (prefix, label) in enumerate((("t1", "before"), ("t2", "after"))):
+        out.append(
+            {
+                "name": f"{prefix} ({label})",
+                "bands": bands,
+                "input": {
+                    "shape": [-1, c, tile_size, tile_size],
+                    "dim_order": ["batch", "bands", "height", "width"],
+                    "data_type": "float32",
+                },
+                "description": f"The {label} ({'earlier' if k == 0 else 'later'}) date, in the source imagery's "
+                "units (no rescaling before value_scaling). " + stacking + (f" {note}" if note else ""),
+                "value_scaling": value_scaling[k * c : (k + 1) * c],
+                "resize_type": None,
+            }
+        )
+    return out
 
 
 def _union_geometry(items: Sequence[pystac.Item]) -> tuple[dict[str, Any] | None, list[float] | None]:
@@ -244,12 +294,17 @@ def spec_from_card(card: pystac.Item | Mapping[str, Any]) -> ModelSpec | Classif
     props = card.properties if isinstance(card, pystac.Item) else card.get("properties", {})
     cid = card.id if isinstance(card, pystac.Item) else card.get("id")
     try:
-        inp = props["mlm:input"][0]
+        inputs = props["mlm:input"]
+        inp = inputs[0]
         out = props["mlm:output"][0]
         hp = props.get("mlm:hyperparameters", {})
-        scaling = inp.get("value_scaling") or []
-        bands = list(inp["bands"])
-        bands = [b["name"] if isinstance(b, dict) else b for b in bands]
+        extra = dict(hp.get("staclearn.extra") or {})
+        scaling = [s for i in inputs for s in (i.get("value_scaling") or [])]
+        bands = [b["name"] if isinstance(b, dict) else b for b in inp["bands"]]
+        if extra.get("dates") == 2:  # one input per date, stacked t1:* then t2:*
+            if len(inputs) != 2:
+                raise ModelCardError(f"Model card {cid!r} is a two-date model but has {len(inputs)} mlm:input objects, not 2.")
+            bands = pair_band_names(bands)
         if len(scaling) != len(bands) or any(s.get("type") != "z-score" for s in scaling):
             raise ModelCardError(
                 f"Model card {cid!r}: mlm:input value_scaling must hold one 'z-score' object per band "
@@ -257,7 +312,6 @@ def spec_from_card(card: pystac.Item | Mapping[str, Any]) -> ModelSpec | Classif
             )
         classes = out["classification:classes"]
         mean, std = [s["mean"] for s in scaling], [s["stddev"] for s in scaling]
-        extra = dict(hp.get("staclearn.extra") or {})
         if "timm.model" in hp:
             return ClassifierSpec.from_dict(
                 {
@@ -294,7 +348,7 @@ def spec_from_card(card: pystac.Item | Mapping[str, Any]) -> ModelSpec | Classif
         ) from err
 
 
-def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel | ObjectClassifier:
+def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel | SiameseDiffUnet | ObjectClassifier:
     """Rebuild a trained model from its MLM card alone.
 
     Reads the card (local path or http(s)/fsspec URL), rebuilds the architecture, loads the
@@ -305,7 +359,10 @@ def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel 
         card: path/URL of the card Item JSON, or the Item.
 
     Returns:
-        The model in eval mode; ``model.spec`` holds bands, normalisation and classes.
+        The model in eval mode; ``model.spec`` holds bands, normalisation and classes. A
+        two-date change card (``staclearn.extra`` ``dates: 2``) gives the model its fusion
+        names (:class:`~staclearn.models.SiameseDiffUnet` for ``"siam-diff"``), taking the
+        stacked pair, bands ``t1:*`` then ``t2:*``.
 
     Raises:
         ModelCardError: the card has no ``mlm:model`` asset or lacks MLM fields.
@@ -326,8 +383,8 @@ def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel 
     assets = [a for a in item.assets.values() if "mlm:model" in (a.roles or [])]
     if not assets:
         raise ModelCardError(f"Model card {item.id!r} has no asset with role 'mlm:model' (the weights).")
-    model: SegmentationModel | ObjectClassifier = (
-        ObjectClassifier(spec) if isinstance(spec, ClassifierSpec) else SegmentationModel(spec)
+    model: SegmentationModel | SiameseDiffUnet | ObjectClassifier = (
+        ObjectClassifier(spec) if isinstance(spec, ClassifierSpec) else model_from_spec(spec)
     )
     href = assets[0].get_absolute_href() or assets[0].href
     load_weights(model, href)

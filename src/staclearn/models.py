@@ -21,7 +21,24 @@ from torch import nn
 from staclearn.errors import ConfigError, UnsafeWeightsError
 from staclearn.labels import ClassInfo
 
-__all__ = ["ModelSpec", "SegmentationModel", "build_model", "save_weights", "load_weights"]
+__all__ = [
+    "ModelSpec",
+    "SegmentationModel",
+    "SiameseDiffUnet",
+    "FUSIONS",
+    "DATE_PREFIXES",
+    "pair_band_names",
+    "model_from_spec",
+    "build_model",
+    "save_weights",
+    "load_weights",
+]
+
+FUSIONS = ("early", "siam-diff")
+"""Fusion of two dates (``spec.extra["fusion"]``): early fusion (FC-EF) or siamese feature differences (FC-Siam-diff)."""
+
+DATE_PREFIXES = ("t1:", "t2:")
+"""Prefixes of the stacked band names: ``t1:`` the before date, ``t2:`` the after date."""
 
 _ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Linknet", "PSPNet")
 
@@ -95,6 +112,18 @@ class ModelSpec:
         )
 
 
+def pair_band_names(bands: Sequence[str]) -> list[str]:
+    """Names of the stacked channels: ``t1:<band>`` for each band, then ``t2:<band>``.
+
+    Args:
+        bands: the C band names of one date.
+
+    Returns:
+        2C names, before bands first.
+    """
+    return [f"{p}{b}" for p in DATE_PREFIXES for b in bands]
+
+
 class SegmentationModel(nn.Module):
     """Z-score normalisation followed by an smp segmentation network.
 
@@ -131,6 +160,76 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
+
+
+
+class SiameseDiffUnet(nn.Module):
+    """FC-Siam-diff (Daudt et al. 2018): a shared encoder per date, a U-Net decoder on ``|f1 - f2|``.
+
+    The input is the stacked pair (as for early fusion), z-score normalised with the spec's
+    2C mean/std, then split into the two dates; both go through the same smp encoder (one
+    batched pass, so BatchNorm sees both dates), and the decoder receives the absolute
+    feature difference at every scale, the bottleneck included (Daudt et al. feed the
+    bottleneck with the second date's features; the difference keeps the model symmetric in
+    the two dates).
+
+    Args:
+        spec: :class:`staclearn.models.ModelSpec` with ``architecture="Unet"``, 2C stacked
+            bands (``t1:*`` then ``t2:*``) and ``extra["fusion"] == "siam-diff"``.
+
+    Forward:
+        x: ``(B, 2C, H, W) float32`` in the imagery's units, H and W multiples of
+        ``spec.stride``. Returns logits ``(B, K, H, W) float32``.
+
+    Raises:
+        ConfigError: an odd number of bands or mean/std of another length.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        import segmentation_models_pytorch as smp
+
+        if spec.in_channels % 2 or len(spec.mean) != spec.in_channels or len(spec.std) != spec.in_channels:
+            raise ConfigError(
+                f"A siamese model needs 2C stacked bands with 2C means/stds; got {spec.in_channels} "
+                f"bands, {len(spec.mean)} means, {len(spec.std)} stds."
+            )
+        self.spec = spec
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.net = smp.Unet(
+            encoder_name=spec.encoder,
+            encoder_weights=spec.encoder_weights,
+            in_channels=spec.in_channels // 2,
+            classes=spec.num_classes,
+            encoder_depth=spec.encoder_depth,
+            decoder_channels=tuple(256 // 2**i for i in range(spec.encoder_depth)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        c = x.shape[1] // 2
+        feats = self.net.encoder(torch.cat([x[:, :c], x[:, c:]], 0))
+        n = x.shape[0]
+        diffs = [torch.abs(f[:n] - f[n:]) for f in feats]
+        return self.net.segmentation_head(self.net.decoder(diffs))
+
+def model_from_spec(spec: ModelSpec) -> SegmentationModel | SiameseDiffUnet:
+    """Build the (untrained) network a :class:`ModelSpec` describes.
+
+    ``spec.extra["fusion"]`` selects the two-date change models (Daudt et al. 2018):
+    ``"siam-diff"`` gives a :class:`SiameseDiffUnet`; ``"early"`` or no fusion (single-date
+    models) a :class:`SegmentationModel`.
+
+    Raises:
+        ConfigError: unknown fusion or architecture, mean/std of the wrong length.
+    """
+    fusion = spec.extra.get("fusion", "early")
+    if fusion == "early":
+        return SegmentationModel(spec)
+    if fusion == "siam-diff":
+        return SiameseDiffUnet(spec)
+    raise ConfigError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
 
 
 def build_model(
