@@ -519,16 +519,24 @@ def test_oscd_original_mask_without_georeference(oscd_items, tmp_path):
         load_pair(before, after, bands=["B05"], label_item=item)  # loaded on the 20 m grid
 
 
-@pytest.mark.realdata
-@pytest.mark.slow
-def test_oscd_run_on_an_unseen_city(oscd_items, tmp_path):
+OSCD_CONFIG = ChangeConfig(
+    valid_cities=("bercy",), bands=("B02", "B03", "B04", "B08", "B05", "B11"), fusion="early",
+    tile_size=64, stride=64, encoder_depth=5, epochs=3, batch_size=16, device="cpu", seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def oscd_run(oscd_items, tmp_path_factory):
+    """A small run: trained on paris + rennes, evaluated and published on bercy."""
     torch.set_num_threads(1)
     items = [i for i in oscd_items.values() if i.properties["staclearn:city"] in ("paris", "rennes", "bercy")]
-    config = ChangeConfig(
-        valid_cities=("bercy",), bands=("B02", "B03", "B04", "B08", "B05", "B11"), fusion="early",
-        tile_size=64, stride=64, encoder_depth=5, epochs=3, batch_size=16, device="cpu", seed=0,
-    )
-    result = run_change(items, tmp_path / "run", config, progress=False, log=lambda _: None)
+    return run_change(items, tmp_path_factory.mktemp("oscd") / "run", OSCD_CONFIG, progress=False, log=lambda _: None)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_oscd_run_on_an_unseen_city(oscd_run):
+    result, config = oscd_run, OSCD_CONFIG
 
     # the common GeoBox is the 10 m B02 grid of the city
     b02 = next((OSCD / "bercy" / "imgs_1").glob("*_B02.tif"))
@@ -592,3 +600,29 @@ def test_oscd_run_on_an_unseen_city(oscd_items, tmp_path):
         published = src.read(1)
     assert np.array_equal(predict_change(model, b, a, device="cpu").mask.values, published)
     assert np.array_equal(published, mask)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_cli_change_predict_from_the_card_with_one_search_and_two_date_ranges(oscd_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from staclearn.cli import app
+
+    card = next(link.href for link in oscd_run.items["bercy"].links if link.title == "model card: run-model")
+    card = str((Path(oscd_run.items["bercy"].get_self_href()).parent / card).resolve())
+    out = tmp_path / "pred"
+    args = ["change", "predict", "--model", card, "--catalog", str(OSCD_CATALOG), "--bbox", "2.37,48.83,2.39,48.85",
+            "--before", "2016-11-01/2016-12-31", "--after", "2017-08-01/2017-09-30", "--out", str(out), "--device", "cpu"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    with rasterio.open(out / "change_mask.tif") as a, rasterio.open(oscd_run.change_masks["bercy"]) as b:
+        assert np.array_equal(a.read(1), b.read(1))  # same model, same pair, same mask
+    item = next(pystac.Catalog.from_file(str(out / "catalog.json")).get_items(recursive=True))
+    assert {link.title for link in item.links if link.rel == "derived_from"} == {
+        "before: bercy-20161130", "after: bercy-20170829", "model card: run-model"
+    }
+    assert validate_catalog(out / "catalog.json", SHARED_DIR / "schemas") == 3
+    # dates in the wrong order: a clear error naming the Items, exit code 2
+    r = CliRunner().invoke(app, [*args[:8], "--before", "2017-08-01/2017-09-30", "--after", "2016-11-01/2016-12-31", *args[12:]])
+    assert r.exit_code == 2 and "DateOrderError" in r.output and "bercy-20170829" in r.output

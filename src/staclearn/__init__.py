@@ -8,9 +8,12 @@ STAC Items to published STAC Items with MLM model cards. The public API::
     labels = staclearn.load_label_raster(label_item, cube.odc.geobox)
     ...
     result = staclearn.run_landcover("catalogs/nc-landsat/catalog.json", "runs/nc")
+    before, after, labels = staclearn.load_pair(before_items, after_items, bands=["B02", "B03"], label_item=label_item)
+    result = staclearn.run_change("catalogs/oscd/catalog.json", "runs/oscd", staclearn.ChangeConfig(valid_cities=("bercy",)))
 """
 
 from staclearn.augment import Augmentation
+from staclearn.change import ChangeConfig, load_pair, predict_change, run_change
 from staclearn.chips import ChipDataset, band_statistics, block_split, chip_windows, export_chips
 from staclearn.cube import load_cube
 from staclearn.errors import StaclearnError
@@ -50,6 +53,10 @@ __all__ = [
     "publish_to_api",
     "LandCoverConfig",
     "run_landcover",
+    "load_pair",
+    "predict_change",
+    "ChangeConfig",
+    "run_change",
     "StaclearnError",
 ]
 

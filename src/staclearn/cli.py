@@ -25,6 +25,8 @@ landcover_app = typer.Typer(help="Land-cover pixel classification (U-Net).", no_
 app.add_typer(landcover_app, name="landcover")
 damage_app = typer.Typer(help="Building-damage classification of footprints (timm classifier).", no_args_is_help=True)
 app.add_typer(damage_app, name="damage")
+change_app = typer.Typer(help="Change detection on before/after pairs (U-Net, early fusion or siamese).", no_args_is_help=True)
+app.add_typer(change_app, name="change")
 
 
 def _bbox(value: Optional[str]) -> Optional[list[float]]:
@@ -189,6 +191,99 @@ def damage_run(
     except StaclearnError as err:
         _fail(err)
     typer.echo(f"buildings: {result.predictions}\nreport:    {result.evaluation_json}\ncatalog:   {result.catalog}")
+
+
+@change_app.command("run")
+def change_run(
+    catalog: Annotated[str, typer.Option(help="STAC catalog with per-city before/after imagery Items and one label Item each")] = "catalogs/oscd/catalog.json",
+    out: Annotated[Path, typer.Option(help="run folder for chips, model, change masks, report and STAC catalog")] = Path("runs/change"),
+    valid_cities: Annotated[Optional[list[str]], typer.Option("--valid-city", help="city held out for evaluation (repeatable)")] = None,
+    bands: Annotated[Optional[list[str]], typer.Option("--band", help="band of each date (repeatable; default S2 10 m + 20 m)")] = None,
+    city_property: Annotated[str, typer.Option(help="Item property naming the city")] = "staclearn:city",
+    fusion: Annotated[str, typer.Option(help="early (FC-EF) or siam-diff (FC-Siam-diff)")] = "early",
+    encoder: Annotated[str, typer.Option(help="smp encoder")] = "resnet18",
+    tile_size: Annotated[int, typer.Option(help="training chip edge, pixels")] = 64,
+    stride: Annotated[int, typer.Option(help="step between training chips, pixels")] = 64,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 40,
+    lr: Annotated[float, typer.Option(help="peak learning rate of the one-cycle schedule")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="chips per batch")] = 16,
+    dice: Annotated[float, typer.Option(help="weight of the Dice(change) loss term")] = 0.5,
+    probability: Annotated[bool, typer.Option(help="also write change-probability COGs")] = False,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+) -> None:
+    """Train a change model on some cities, predict and evaluate (with a CVA baseline) on the
+    held-out cities, and publish the MLM card and one change-mask Item per held-out city."""
+    from staclearn.change import S2_10M_20M, ChangeConfig, run_change
+
+    if not valid_cities:
+        raise typer.BadParameter("name at least one --valid-city held out for evaluation")
+    try:
+        config = ChangeConfig(
+            valid_cities=tuple(valid_cities), bands=tuple(bands) if bands else S2_10M_20M, city_property=city_property,
+            fusion=fusion, encoder=encoder, tile_size=tile_size, stride=stride, epochs=epochs, lr=lr,
+            batch_size=batch_size, dice=dice, probability=probability, seed=seed, device=device,
+        )
+        result = run_change(catalog, out, config)
+    except StaclearnError as err:
+        _fail(err)
+    for city, m in result.metrics.items():
+        typer.echo(f"{city}: F1(change) model {m['model'].f1['change']:.3f}  CVA {m['cva'].f1['change']:.3f}")
+    typer.echo(f"report:    {result.evaluation}\ncatalog:   {result.catalog}")
+
+
+@change_app.command("predict")
+def change_predict(
+    model: Annotated[str, typer.Option(help="MLM card of a change model (path or URL)")],
+    catalog: Annotated[str, typer.Option(help="STAC catalog / ItemCollection path or API URL with the imagery")],
+    before: Annotated[str, typer.Option(help="RFC 3339 datetime interval of the before date")],
+    after: Annotated[str, typer.Option(help="RFC 3339 datetime interval of the after date")],
+    out: Annotated[Path, typer.Option(help="output folder (change_mask.tif + catalog.json)")],
+    bbox: Annotated[Optional[str], typer.Option(help="west,south,east,north in WGS84 degrees")] = None,
+    collections: Annotated[Optional[list[str]], typer.Option("--collection", help="collection id (repeatable)")] = None,
+    probability: Annotated[bool, typer.Option(help="also write change_probability.tif")] = False,
+    tile_size: Annotated[int, typer.Option(help="inference tile edge incl. padding, pixels")] = 256,
+    padding: Annotated[int, typer.Option(help="inference context discarded on each tile side, pixels")] = 32,
+    batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+    modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
+) -> None:
+    """Predict a change mask with a published change model: one search, two datetime ranges
+    (before, after), both dates on one GeoBox; publish it as a change-mask Item."""
+    import pystac
+
+    from staclearn.change import change_mask_item, load_pair, predict_change
+    from staclearn.errors import ConfigError
+    from staclearn.landcover import split_label_items
+    from staclearn.modelcard import load_model
+    from staclearn.publish import FsspecStacIO, write_catalog
+    from staclearn.search import open_items
+
+    try:
+        net = load_model(model)
+        date_bands = net.spec.extra.get("date_bands")
+        if net.spec.extra.get("dates") != 2 or not date_bands:
+            raise ConfigError(f"{model} is not a two-date change model card (no staclearn.extra dates: 2); use 'staclearn predict'.")
+        found = {}
+        for name, when in (("before", before), ("after", after)):
+            items = open_items(catalog, bbox=_bbox(bbox), datetime=when, collections=collections, modifier=_modifier(modifier))
+            found[name], _ = split_label_items(items)
+        b, a, _ = load_pair(found["before"], found["after"], bands=date_bands)
+        prob_path = out / "change_probability.tif" if probability else None
+        pred = predict_change(
+            net, b, a, tile_size=tile_size, padding=padding, batch_size=batch_size, device=device,
+            out_path=out / "change_mask.tif", prob_path=prob_path,
+        )
+        card = pystac.Item.from_file(str(Path(model).resolve()) if Path(model).exists() else model, stac_io=FsspecStacIO())
+        item = change_mask_item(
+            str((out / "change_mask.tif").resolve()), pred.mask, id=f"{out.resolve().name}-change", before=found["before"],
+            after=found["after"], model_card=card, probability_href=str(prob_path.resolve()) if prob_path else None,
+        )
+        write_catalog([item], out, id=out.resolve().name, description="staclearn change prediction")
+    except StaclearnError as err:
+        _fail(err)
+    n = int((pred.mask.values == 1).sum())
+    typer.echo(f"change mask: {out / 'change_mask.tif'} ({n} change px)\ncatalog:     {out / 'catalog.json'}")
 
 
 @app.command()
