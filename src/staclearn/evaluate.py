@@ -42,6 +42,7 @@ __all__ = [
     "ClassificationMetrics",
     "compute_metrics",
     "write_report",
+    "plot_confusion_matrix",
     "random_forest_baseline",
 ]
 
@@ -501,6 +502,23 @@ def _compact_count(c: int) -> str:
     if c < 1_000_000:
         return f"{c / 1e3:.1f}k"
     return f"{c / 1e6:.1f}M"
+
+
+def plot_confusion_matrix(results: Mapping[str, ClassificationMetrics] | ClassificationMetrics) -> Figure:
+    """Row-normalised confusion matrices (counts written in the cells), one panel per model.
+
+    The figure ``write_report`` saves as ``<name>_confusion.png``; in a notebook it displays
+    itself.
+
+    Args:
+        results: ``{model name: metrics}`` or one :class:`ClassificationMetrics`.
+
+    Returns:
+        A matplotlib Figure (not attached to pyplot's global state).
+    """
+    if isinstance(results, ClassificationMetrics):
+        results = {"model": results}
+    return _confusion_figure(results)
 
 
 def _confusion_figure(results: Mapping[str, ClassificationMetrics]) -> Figure:
