@@ -1,13 +1,14 @@
 """Object classification: train a classifier on footprint chips, then classify footprints.
 
-:class:`ClassifierTrainer` mirrors :class:`staclearn.train.Trainer` for one label per chip:
-AdamW with the one-cycle learning-rate policy (Smith & Topin 2018,
-``torch.optim.lr_scheduler.OneCycleLR``); cross-entropy weighted by inverse class frequency
+:class:`ClassifierTrainer` shares :class:`staclearn.train.BaseTrainer`'s loop (as
+:class:`staclearn.train.Trainer` does) for one label per chip: AdamW with the one-cycle
+learning-rate policy (Smith & Topin 2018, ``torch.optim.lr_scheduler.OneCycleLR``); cross-entropy weighted by inverse class frequency
 (``w_k = N / (K * n_k)``, scikit-learn's ``class_weight="balanced"``), since damage classes
 are imbalanced; kornia flips / rotation / zoom / shift and a brightness / contrast /
 band-gain jitter on each training batch; after every epoch, precision, recall and F1 per
 class on the validation chips (:func:`staclearn.evaluate.compute_metrics`); the weights of
-the best epoch by macro-F1 are kept and restored at the end (or the last epoch's).
+the best epoch by macro-F1 are kept and restored at the end (or the last epoch's); and the
+loop's ``lr_find``, early stopping, resume and class-balanced sampling.
 
 :func:`classify_objects` cuts a chip per footprint exactly as training did (chip size,
 buffer, masking from the model's :class:`~staclearn.classifier.ClassifierSpec`), runs the
@@ -18,12 +19,10 @@ geometry, outside the imagery) stay in the output with a null class.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import re
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +33,7 @@ import pandas as pd
 import pystac
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from staclearn.augment import Augmentation, RadiometricJitter
 from staclearn.classifier import ObjectClassifier
@@ -43,8 +42,8 @@ from staclearn.evaluate import compute_metrics
 from staclearn.footprint_chips import FootprintChipReader, Imagery
 from staclearn.footprints import STATUS_OK, read_footprints
 from staclearn.labels import ClassInfo
-from staclearn.models import save_weights
-from staclearn.train import resolve_device, seed_everything
+from staclearn.sampling import targets_presence
+from staclearn.train import BaseTrainer, resolve_device
 
 __all__ = [
     "ClassifierEpoch",
@@ -143,8 +142,19 @@ class ClassifierEpoch:
         return {k: clean(v) for k, v in asdict(self).items()}
 
 
-class ClassifierTrainer:
+def _targets(dataset: Dataset) -> Sequence[int] | np.ndarray:
+    # FootprintChipDataset keeps its targets; other datasets are read once
+    targets = getattr(dataset, "targets", None)
+    return targets if targets is not None else [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
+
+
+class ClassifierTrainer(BaseTrainer):
     """Train an object classifier on chip datasets.
+
+    The loop (AdamW + one-cycle, best epoch kept, early stopping, resumable training
+    state, ``lr_find``, class-balanced sampling, ``metrics_table``) is
+    :class:`staclearn.train.BaseTrainer`'s; this class adds the classifier's loss,
+    augmentation and per-class precision / recall / F1.
 
     Args:
         model: ``(B, C, H, W) -> (B, K)`` logits, e.g. an
@@ -160,14 +170,25 @@ class ClassifierTrainer:
             training batch on the device; a callable ``(B,C,H,W) -> (B,C,H,W)``; ``False``
             for none.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
-        seed: seeds initialisation order, shuffling and augmentation.
+        seed: seeds initialisation order, shuffling / sampling and augmentation.
         checkpoint: where the best weights are written (safetensors) after each improving
             epoch; ``None`` keeps them in memory only.
         num_workers: DataLoader worker processes.
+        sampling: ``None`` or ``"balanced"``: draw chips with probability ``1 / n_k`` of
+            their class, so every class is drawn equally often in expectation
+            (:mod:`staclearn.sampling`); use it instead of, not with, ``weights="balanced"``,
+            or rare classes are boosted twice.
+        oversample: class index (logit order) -> factor >= 1: chips of that class are drawn
+            about that many times as often.
 
     Raises:
-        ConfigError: empty training set, no classes, or bad ``weights``.
+        ConfigError: empty training set, no classes, bad ``weights``, unknown ``sampling`` or
+            a bad ``oversample``.
     """
+
+    record_type = ClassifierEpoch
+    default_monitor = "valid_macro_f1"
+    default_progress = False
 
     def __init__(
         self,
@@ -183,6 +204,8 @@ class ClassifierTrainer:
         seed: int = 0,
         checkpoint: str | os.PathLike[str] | None = None,
         num_workers: int = 0,
+        sampling: str | None = None,
+        oversample: Mapping[int, float] | None = None,
     ) -> None:
         if len(train) == 0:  # type: ignore[arg-type]
             raise ConfigError("The training set is empty: export chips of labelled training footprints first.")
@@ -191,44 +214,43 @@ class ClassifierTrainer:
             if spec is None:
                 raise ConfigError("Pass classes= for a model without a .spec")
             classes = spec.classes
+        if isinstance(weights, str) and weights != "balanced":
+            raise ConfigError(f"weights must be None, 'balanced' or a tensor, got {weights!r}")
         self.classes = tuple(classes)
-        self.num_classes = len(self.classes)
-        self.generator = seed_everything(seed)
-        self.device = resolve_device(device)
-        self.model = model.to(self.device)
-        self.batch_size = batch_size
-        self.train_loader = DataLoader(
-            train,
-            batch_size=batch_size,
-            shuffle=True,
-            generator=self.generator,
-            num_workers=num_workers,
-            drop_last=len(train) > batch_size,  # type: ignore[arg-type]
-        )
-        self.valid_loader = (
-            DataLoader(valid, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-            if valid is not None and len(valid) > 0  # type: ignore[arg-type]
-            else None
-        )
+        super().__init__(
+            model, train, valid, num_classes=len(self.classes), batch_size=batch_size, ignore_index=None,
+            device=device, seed=seed, checkpoint=checkpoint, num_workers=num_workers, sampling=sampling,
+            oversample=oversample,
+        )  # fmt: skip
         if isinstance(weights, str):
-            if weights != "balanced":
-                raise ConfigError(f"weights must be None, 'balanced' or a tensor, got {weights!r}")
-            targets = getattr(train, "targets", None)
-            if targets is None:
-                targets = [int(train[i][1]) for i in range(len(train))]  # type: ignore[arg-type]
-            weights = inverse_frequency_weights(targets, self.num_classes)
+            weights = inverse_frequency_weights(_targets(train), self.num_classes)
         self.class_weights = weights
         self.loss_fn = nn.CrossEntropyLoss(weight=weights.to(self.device) if weights is not None else None)
         if augment is True:
             augment = default_augmentation()
         self.augment: Callable[[torch.Tensor], torch.Tensor] | None = augment or None
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.history: list[ClassifierEpoch] = []
-        self.best_epoch: int | None = None
-        self.best_macro_f1: float = -1.0
 
-    def _evaluate(self) -> tuple[float, Any, int]:
-        assert self.valid_loader is not None
+    @property
+    def best_macro_f1(self) -> float:
+        """The monitored figure of the best epoch (its validation macro-F1 by default)."""
+        return self.best_score
+
+    def _class_presence(self, dataset: Dataset) -> np.ndarray:
+        return targets_presence(_targets(dataset), self.num_classes)
+
+    def _batch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.augment is not None:
+            x = self.augment(x)
+        return self.loss_fn(self.model(x), y)
+
+    def _validate(self) -> dict[str, Any]:
+        names = [c.name for c in self.classes]
+        if self.valid_loader is None:
+            nan = {k: float("nan") for k in names}
+            return {
+                "valid_loss": float("nan"), "valid_accuracy": float("nan"), "valid_macro_f1": float("nan"),
+                "valid_precision": nan, "valid_recall": dict(nan), "valid_f1": dict(nan), "valid_n": 0,
+            }  # fmt: skip
         self.model.eval()
         total, n = 0.0, 0
         refs, preds = [], []
@@ -241,105 +263,20 @@ class ClassifierTrainer:
                 refs.append(y.cpu().numpy())
                 preds.append(logits.argmax(1).cpu().numpy())
         values = np.array([c.value for c in self.classes], dtype=np.int64)
-        metrics = compute_metrics(
+        m = compute_metrics(
             values[np.concatenate(refs)],
             values[np.concatenate(preds)],
             values.tolist(),
-            [c.name for c in self.classes],
+            names,
             ignore_index=None,
         )
-        return total / max(n, 1), metrics, n
-
-    def fit(
-        self,
-        epochs: int,
-        lr: float = 1e-3,
-        *,
-        weight_decay: float = 1e-4,
-        progress: bool = False,
-        on_epoch: Callable[[ClassifierEpoch], None] | None = None,
-        keep_best: bool = True,
-    ) -> list[ClassifierEpoch]:
-        """Train for ``epochs`` with a one-cycle learning-rate schedule peaking at ``lr``.
-
-        Args:
-            epochs: passes over the training chips.
-            lr: maximum learning rate of the one-cycle schedule.
-            weight_decay: AdamW weight decay.
-            progress: show a tqdm progress bar per epoch.
-            on_epoch: called with each :class:`ClassifierEpoch`.
-            keep_best: restore the weights of the best validation epoch at the end. Choosing
-                the epoch on the validation set makes its figures optimistic; ``False`` keeps
-                the last epoch (unbiased when the validation set is also the test set).
-
-        Returns:
-            The history, one record per epoch (also in ``self.history``). The model ends in
-            eval mode with the weights of the best validation epoch by macro-F1 (earliest on
-            ties; the last epoch without validation data or with ``keep_best=False``);
-            ``best_epoch`` names the epoch whose weights it holds.
-
-        Raises:
-            ConfigError: ``epochs < 1``.
-        """
-        from tqdm.auto import tqdm
-
-        if epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {epochs}")
-        opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=len(self.train_loader))
-        best_state = None
-        names = [c.name for c in self.classes]
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            self.model.train()
-            total, n = 0.0, 0
-            bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-            for x, y in bar:
-                x, y = x.to(self.device), y.to(self.device)
-                if self.augment is not None:
-                    x = self.augment(x)
-                loss = self.loss_fn(self.model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * x.shape[0]
-                n += x.shape[0]
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if self.valid_loader is not None:
-                vloss, m, vn = self._evaluate()
-                rec = ClassifierEpoch(
-                    epoch, total / max(n, 1), vloss, m.overall_accuracy, m.macro_f1,
-                    dict(m.precision), dict(m.recall), dict(m.f1), vn,
-                    opt.param_groups[0]["lr"], time.perf_counter() - t0,
-                )  # fmt: skip
-                score = m.macro_f1
-            else:
-                nan = {k: float("nan") for k in names}
-                rec = ClassifierEpoch(
-                    epoch, total / max(n, 1), float("nan"), float("nan"), float("nan"), nan, dict(nan), dict(nan), 0,
-                    opt.param_groups[0]["lr"], time.perf_counter() - t0,
-                )  # fmt: skip
-                score = float(epoch)
-            self.history.append(rec)
-            if score > self.best_macro_f1:
-                self.best_macro_f1, self.best_epoch = score, epoch
-                best_state = copy.deepcopy(self.model.state_dict())
-                if self.checkpoint is not None:
-                    save_weights(self.model, self.checkpoint)
-            if on_epoch is not None:
-                on_epoch(rec)
-        if not keep_best:
-            self.best_epoch, self.best_macro_f1 = epochs, self.history[-1].valid_macro_f1
-            if self.checkpoint is not None:
-                save_weights(self.model, self.checkpoint)
-        elif best_state is not None:
-            self.model.load_state_dict(best_state)
-        self.model.eval()
-        return self.history
+        return {
+            "valid_loss": total / max(n, 1), "valid_accuracy": m.overall_accuracy, "valid_macro_f1": m.macro_f1,
+            "valid_precision": dict(m.precision), "valid_recall": dict(m.recall), "valid_f1": dict(m.f1), "valid_n": n,
+        }  # fmt: skip
 
     def history_table(self) -> list[dict[str, Any]]:
-        """The history as JSON-ready dicts."""
+        """The history as JSON-ready dicts (``None`` for NaN)."""
         return [r.to_dict() for r in self.history]
 
 

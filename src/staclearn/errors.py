@@ -136,3 +136,10 @@ class NoGeoreferenceWarning(StaclearnWarning):
 
 
 __all__ += ["DateOrderError", "NoGeoreferenceError", "NoGeoreferenceWarning"]
+
+
+class MissingDependencyError(StaclearnError, ImportError):
+    """An optional package a function needs is not installed (the message says what to pip install)."""
+
+
+__all__ += ["MissingDependencyError"]
