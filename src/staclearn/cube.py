@@ -25,6 +25,33 @@ __all__ = ["load_cube", "band_names", "valid_mask"]
 DIMS = ("time", "band", "y", "x")
 
 
+def _with_band_count(items: list[pystac.Item]) -> list[pystac.Item]:
+    """Items whose multi-band assets declare ``eo:bands`` but no ``raster:bands`` get one
+    empty ``raster:bands`` entry per band (on a copy).
+
+    odc-stac counts an asset's bands from ``raster:bands`` only and reads one band otherwise,
+    so the Planetary Computer's ``naip`` Items (asset ``image``: four ``eo:bands`` R, G, B,
+    NIR, no raster extension) would expose their red band alone.
+    """
+    out = []
+    for item in items:
+        todo = [
+            k
+            for k, a in item.assets.items()
+            if len(a.extra_fields.get("eo:bands") or []) > 1 and "raster:bands" not in a.extra_fields
+        ]
+        if todo:
+            item = item.clone()
+            for k in todo:
+                a = item.assets[k]
+                a.extra_fields["raster:bands"] = [{} for _ in a.extra_fields["eo:bands"]]
+            raster = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
+            if not any("/raster/" in e for e in item.stac_extensions):
+                item.stac_extensions.append(raster)
+        out.append(item)
+    return out
+
+
 def band_names(items: Iterable[pystac.Item]) -> list[str]:
     """Band names odc-stac can load from these Items (``eo:bands``/``bands`` names, asset keys).
 
@@ -37,7 +64,7 @@ def band_names(items: Iterable[pystac.Item]) -> list[str]:
     """
     import odc.stac
 
-    items = list(items)
+    items = _with_band_count(list(items))
     if not items:
         return []
     md = odc.stac.extract_collection_metadata(items[0])
@@ -145,6 +172,7 @@ def _load_odc(
 ) -> xr.DataArray:
     import odc.stac
 
+    items = _with_band_count(items)
     _check_bands(items, bands)
     _check_overlap(items, bbox)
     kw: dict[str, Any] = {}

@@ -91,8 +91,10 @@ def classes_from_item(item: pystac.Item, asset: str | None = None) -> list[Class
                 (
                     ClassInfo(
                         value=int(c["value"]),
-                        name=str(c.get("name") or c.get("title") or c["value"]),
-                        color_hint=c.get("color_hint"),
+                        # classification v1.0 Items (e.g. Planetary Computer's chesapeake-lc-*)
+                        # have no name but a description, and spell the colour "color-hint"
+                        name=str(c.get("name") or c.get("title") or c.get("description") or c["value"]),
+                        color_hint=c.get("color_hint") or c.get("color-hint"),
                         description=c.get("description"),
                     )
                     for c in raw

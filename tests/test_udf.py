@@ -1,0 +1,167 @@
+"""The openEO UDF (staclearn.udf) run by openEO's own local UDF runner on the real NC Landsat-7 scene.
+
+``openeo.udf.execute_local_udf`` executes the module from its source text exactly as a
+back-end does (function lookup by signature included). The model is an untrained, seeded
+U-Net published as an MLM card: the tests compare runs with each other and with
+:func:`staclearn.predict.predict_class_map`, which needs a fixed model, not a good one.
+
+The U-Net is one encoder stage deep (stride 2, receptive field about 15 px), so a chunk's
+32 px overlap holds all the context a pixel's prediction depends on, and the chunked run
+must equal the whole-scene run exactly. (A deeper or trained U-Net sees far beyond any
+practical overlap and its chunked map differs along seams; and a network that downsamples
+is not shift-equivariant, so every tile must start at a multiple of its stride - which is
+why the scene is cropped to even sizes below.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+openeo_udf = pytest.importorskip("openeo.udf", reason="openeo is not installed (pip install -e '.[dev]')")
+
+import staclearn.udf as udf_module
+from staclearn.cube import load_cube
+from staclearn.errors import BandMismatchError, ConfigError
+from staclearn.labels import classes_from_item
+from staclearn.modelcard import load_model, model_card
+from staclearn.models import build_model, save_weights
+from staclearn.predict import predict_class_map
+from staclearn.search import open_items
+
+pytestmark = pytest.mark.realdata
+
+BANDS = ["b1", "b2", "b3", "b4", "b5"]
+UDF_CODE = Path(udf_module.__file__).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def nc(tmp_path_factory):
+    """The NC scene as staclearn loads it, the same data as an openEO cube, and a published card."""
+    from conftest import NC_CATALOG, SHARED_DIR
+
+    if not (SHARED_DIR / "data" / "landcover" / "nc_landsat7" / "landsat_multiband.tif").exists():
+        pytest.skip("needs ../shared/data/landcover/nc_landsat7 (the NC Landsat-7 scene)")
+    items = open_items(NC_CATALOG)
+    imagery = [i for i in items if i.id == "nc-landsat7-2000"]
+    classes = classes_from_item(next(i for i in items if i.id == "nc-landsat7-labels"), "labels")
+    cube = load_cube(imagery, bands=BANDS).compute()
+    values = cube.isel(time=0).values
+    ok = (values != cube.attrs["nodata"]).all(0)
+    mean, std = values[:, ok].mean(1), values[:, ok].std(1)
+    torch.manual_seed(0)
+    model = build_model(BANDS, classes, mean=mean, std=std, encoder="resnet18", encoder_depth=1).eval()
+    out = tmp_path_factory.mktemp("udf")
+    weights = save_weights(model, out / "weights.safetensors")
+    card = model_card(model, str(weights), id="nc-untrained", tile_size=256)
+    card_path = out / "card.json"
+    card_path.write_text(json.dumps(card.to_dict(include_self_link=False)))
+    # an openEO cube: dims (t, bands, y, x), band labels as coordinate, NaN where no data
+    oe = cube.where(cube != cube.attrs["nodata"]).rename({"time": "t", "band": "bands"})
+    oe = xr.DataArray(oe.values, dims=oe.dims, coords={"t": oe.t.values, "bands": BANDS, "y": oe.y.values, "x": oe.x.values})
+    return cube, oe, card_path, classes, ~ok
+
+
+def _run(cube: xr.DataArray, context: dict) -> xr.DataArray:
+    import openeo
+
+    result = openeo_udf.execute_local_udf(openeo.UDF(UDF_CODE, context=context), cube)
+    return result.get_datacube_list()[0].get_array()
+
+
+def test_udf_equals_predict_class_map(nc):
+    cube, oe, card_path, classes, nodata = nc
+    got = _run(oe, {"model": str(card_path), "tile_size": 256, "padding": 32})
+    assert got.dims == ("t", "bands", "y", "x") and got.shape == (1, 1, 443, 489)
+    assert list(got.bands.values) == ["class"] and got.dtype == np.uint8
+    assert np.array_equal(got.y.values, oe.y.values) and np.array_equal(got.x.values, oe.x.values)
+    expected = predict_class_map(load_model(card_path), cube, tile_size=256, padding=32)
+    assert np.array_equal(got.values[0, 0], expected.values)
+    values = got.values[0, 0]
+    assert ((values == 255) == nodata).all()  # nodata exactly where a band is NaN
+    assert set(np.unique(values[~nodata])) <= {c.value for c in classes}
+
+
+def test_chunked_like_apply_neighborhood_matches_unchunked(nc):
+    """Chunks of ``size + 2 * overlap`` px at multiples of ``size``, overlap trimmed, mosaicked."""
+    _cube, oe, card_path, _classes, nodata = nc
+    # even sizes: every tile of both runs (the last one snapped to the edge) starts on the stride
+    oe, nodata = oe.isel(y=slice(0, 442), x=slice(0, 488)), nodata[:442, :488]
+    ctx = {"model": str(card_path), "tile_size": 256, "padding": 32}
+    whole = _run(oe, ctx).values[0, 0]
+    size, overlap = 128, 32
+    h, w = oe.sizes["y"], oe.sizes["x"]
+    mosaic = np.full((h, w), 254, dtype=np.uint8)
+    n_chunks = 0
+    for y0 in range(0, h, size):
+        for x0 in range(0, w, size):
+            ya, xa = max(y0 - overlap, 0), max(x0 - overlap, 0)
+            yb, xb = min(y0 + size + overlap, h), min(x0 + size + overlap, w)
+            chunk = oe.isel(y=slice(ya, yb), x=slice(xa, xb))
+            res = _run(chunk, ctx)
+            assert res.shape == (1, 1, yb - ya, xb - xa)  # same size as the chunk, overlap included
+            assert np.array_equal(res.x.values, chunk.x.values)
+            core = res.values[0, 0, y0 - ya : y0 - ya + min(size, h - y0), x0 - xa : x0 - xa + min(size, w - x0)]
+            mosaic[y0 : y0 + size, x0 : x0 + size] = core
+            n_chunks += 1
+    assert n_chunks == 4 * 4 and not (mosaic == 254).any()
+    assert ((mosaic == 255) == nodata).all()
+    assert len(np.unique(whole[~nodata])) >= 3
+    assert np.array_equal(mosaic, whole), f"{(mosaic != whole).mean():.4%} of pixels differ"
+
+
+def test_udf_without_model_href(nc):
+    _cube, oe, _card, _classes, _ = nc
+    with pytest.raises(ConfigError, match=r"context\['model'\]"):
+        _run(oe.isel(y=slice(0, 64), x=slice(0, 64)), {"tile_size": 64})
+    with pytest.raises(ConfigError, match="Unknown UDF context key"):
+        _run(oe.isel(y=slice(0, 64), x=slice(0, 64)), {"model": "card.json", "tilesize": 64})
+
+
+def test_udf_cube_without_the_card_bands(nc):
+    _cube, oe, card_path, _classes, _ = nc
+    small = oe.isel(y=slice(0, 64), x=slice(0, 64))
+    s2_labels = small.assign_coords(bands=["B02", "B03", "B04", "B08", "B11"])
+    with pytest.raises(BandMismatchError, match=r"lacks band\(s\) \['b1', 'b2', 'b3', 'b4', 'b5'\]"):
+        _run(s2_labels, {"model": str(card_path)})
+    with pytest.raises(BandMismatchError, match=r"\['b5'\]"):
+        _run(small.isel(bands=slice(0, 4)), {"model": str(card_path)})
+    # renaming openEO labels to card names makes the same cube usable; extra bands are ignored
+    mapping = dict(zip(["B02", "B03", "B04", "B08", "B11"], BANDS, strict=True))
+    extra = xr.concat([s2_labels, s2_labels.isel(bands=[0]).assign_coords(bands=["B12"])], "bands")
+    renamed = _run(extra, {"model": str(card_path), "bands": mapping, "tile_size": 64, "padding": 8})
+    plain = _run(small, {"model": str(card_path), "tile_size": 64, "padding": 8})
+    assert np.array_equal(renamed.values, plain.values)
+
+
+def test_udf_keeps_every_date_and_accepts_staclearn_dims(nc):
+    _cube, oe, card_path, _classes, _ = nc
+    small = oe.isel(y=slice(0, 96), x=slice(0, 96))
+    two = xr.concat([small, small.assign_coords(t=small.t.values + np.timedelta64(1, "D"))], "t")
+    ctx = {"model": str(card_path), "tile_size": 96, "padding": 16}
+    res = _run(two, ctx)
+    assert res.shape == (2, 1, 96, 96) and np.array_equal(res.t.values, two.t.values)
+    assert np.array_equal(res.values[0], res.values[1])
+    direct = udf_module.apply_datacube(small.isel(t=0).rename(bands="band"), ctx)  # no t, staclearn's band dim
+    assert direct.dims == ("band", "y", "x") and np.array_equal(direct.values[0], res.values[0, 0])
+
+
+def test_apply_metadata_relabels_bands(nc):
+    from openeo.metadata import BandDimension, CubeMetadata, SpatialDimension, TemporalDimension
+
+    _cube, _oe, card_path, _classes, _ = nc
+    md = CubeMetadata(
+        dimensions=[
+            TemporalDimension(name="t", extent=None),
+            BandDimension(name="bands", bands=[]).append_band("b1"),
+            SpatialDimension(name="x", extent=[0, 1]),
+            SpatialDimension(name="y", extent=[0, 1]),
+        ]
+    )
+    out = udf_module.apply_metadata(md, {"model": str(card_path)})
+    assert out.band_names == ["class"]
