@@ -24,13 +24,8 @@ from staclearn.labels import IGNORE_INDEX, ClassInfo
 
 __all__ = ["show_batch", "show_results", "class_colours", "rgb_image"]
 
-_FALLBACK = (
-    "1F77B4", "FF7F0E", "2CA02C", "D62728", "9467BD", "8C564B", "E377C2", "7F7F7F", "BCBD22", "17BECF",
-)  # matplotlib's tab10, for classes without a color_hint
-
-
 def class_colours(classes: Sequence[ClassInfo]) -> np.ndarray:
-    """RGB colours of classes, in class-index order.
+    """RGB colours of classes, in class-index order (:func:`staclearn.maps.class_colors`).
 
     Args:
         classes: the classes (their ``color_hint``, e.g. ``"228B22"``; matplotlib's tab10
@@ -39,8 +34,10 @@ def class_colours(classes: Sequence[ClassInfo]) -> np.ndarray:
     Returns:
         ``(K, 3) float32`` in [0, 1].
     """
-    hexes = [c.color_hint or _FALLBACK[i % len(_FALLBACK)] for i, c in enumerate(classes)]
-    return np.asarray([[int(h.lstrip("#")[k : k + 2], 16) / 255 for k in (0, 2, 4)] for h in hexes], np.float32)
+    from staclearn.maps import class_colors
+
+    by_value = class_colors(classes)
+    return np.asarray([by_value[c.value] for c in classes], np.float32)
 
 
 def rgb_image(image: np.ndarray | torch.Tensor, rgb: Sequence[int] = (0, 1, 2), stretch: tuple[float, float] = (2, 98)) -> np.ndarray:
