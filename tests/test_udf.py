@@ -165,3 +165,32 @@ def test_apply_metadata_relabels_bands(nc):
     )
     out = udf_module.apply_metadata(md, {"model": str(card_path)})
     assert out.band_names == ["class"]
+
+
+def test_udf_change_model_on_a_real_oscd_pair_equals_predict_change(tmp_path):
+    """A two-date cube (t = before, after) through a siamese change card gives predict_change's mask."""
+    from conftest import REPO, SHARED_DIR
+
+    from staclearn.change import build_change_model, load_pair, predict_change
+
+    if not (SHARED_DIR / "data" / "change" / "oscd" / "bercy").is_dir():
+        pytest.skip("needs ../shared/data/change/oscd")
+    items = {i.id: i for i in open_items(REPO / "catalogs" / "oscd" / "catalog.json")}
+    bands = ["B02", "B03", "B04", "B08"]
+    before, after, _ = load_pair([items["bercy-20161130"]], [items["bercy-20170829"]], bands=bands)
+    before, after = before.compute(), after.compute()
+    torch.manual_seed(0)
+    model = build_change_model(bands, mean=[1200.0] * 4, std=[400.0] * 4, fusion="siam-diff", encoder_depth=3).eval()
+    card = model_card(model, str(save_weights(model, tmp_path / "w.safetensors")), id="bercy-change", tile_size=256)
+    card_path = tmp_path / "card.json"
+    card_path.write_text(json.dumps(card.to_dict(include_self_link=False)))
+    both = xr.concat([before, after], "time").rename({"time": "t", "band": "bands"})
+    oe = xr.DataArray(both.values, dims=both.dims, coords={"t": both.t.values, "bands": bands, "y": both.y.values, "x": both.x.values})
+    got = _run(oe, {"model": str(card_path), "tile_size": 256, "padding": 32})
+    assert got.dims == ("t", "bands", "y", "x") and list(got.bands.values) == ["change"]
+    assert got.t.values.tolist() == both.t.values[-1:].tolist()  # one mask, dated by the after date
+    expected = predict_change(load_model(card_path), before, after, tile_size=256, padding=32, device="cpu").mask
+    assert np.array_equal(got.values[0, 0], expected.values)
+    assert set(np.unique(expected.values)) <= {0, 1}
+    with pytest.raises(Exception, match="exactly 2 dates"):
+        _run(oe.isel(t=[0]), {"model": str(card_path)})
