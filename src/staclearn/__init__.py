@@ -22,7 +22,8 @@ from staclearn.labels import ClassInfo, load_label_raster, rasterize_labels
 from staclearn.landcover import LandCoverConfig, run_landcover
 from staclearn.modelcard import load_model, model_card
 from staclearn.models import build_model
-from staclearn.predict import predict_class_map
+from staclearn.distributed import predict_dask
+from staclearn.predict import predict_class_map, predict_probabilities, predict_to_cog
 from staclearn.publish import class_map_item, publish_to_api, write_catalog
 from staclearn.search import open_items
 from staclearn.train import Trainer
@@ -42,6 +43,9 @@ __all__ = [
     "build_model",
     "Trainer",
     "predict_class_map",
+    "predict_probabilities",
+    "predict_to_cog",
+    "predict_dask",
     "ClassificationMetrics",
     "compute_metrics",
     "random_forest_baseline",

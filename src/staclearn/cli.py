@@ -294,18 +294,25 @@ def predict(
     bbox: Annotated[Optional[str], typer.Option(help="west,south,east,north in WGS84 degrees")] = None,
     datetime: Annotated[Optional[str], typer.Option(help="RFC 3339 interval of the imagery")] = None,
     tile_size: Annotated[int, typer.Option(help="inference tile edge incl. padding, pixels")] = 256,
-    padding: Annotated[int, typer.Option(help="inference context discarded on each tile side, pixels")] = 32,
+    padding: Annotated[int, typer.Option(help="inference context on each tile side, pixels")] = 32,
     batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
+    blend: Annotated[str, typer.Option(help="linear (seamless) or none (cut the padding)")] = "linear",
+    tta: Annotated[bool, typer.Option(help="average the 8 flips/rotations (test-time augmentation)")] = False,
+    probabilities: Annotated[bool, typer.Option(help="also write probabilities.tif (float32, one band per class)")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
 ) -> None:
-    """Predict a class map with a published model, from its MLM card alone, and publish it."""
+    """Predict a class map with a published model, from its MLM card alone, and publish it.
+
+    Streams tiles from the lazy cube to the COG (memory does not grow with the raster); an
+    interrupted run resumes where it stopped when called again with the same arguments."""
     import pystac
+    import rioxarray
 
     from staclearn.cube import load_cube
     from staclearn.landcover import split_label_items
     from staclearn.modelcard import load_model
-    from staclearn.predict import predict_class_map
+    from staclearn.predict import predict_to_cog
     from staclearn.publish import FsspecStacIO, class_map_item, write_catalog
     from staclearn.search import open_items
 
@@ -313,17 +320,23 @@ def predict(
         net = load_model(model)
         imagery, _ = split_label_items(open_items(catalog, bbox=_bbox(bbox), datetime=datetime, modifier=_modifier(modifier)))
         cube = load_cube(imagery, bands=net.spec.bands, bbox=_bbox(bbox))
-        cmap = predict_class_map(
-            net, cube, tile_size=tile_size, padding=padding, batch_size=batch_size, device=device, out_path=out / "class_map.tif"
+        done = predict_to_cog(
+            net, cube, out / "class_map.tif", probabilities_path=out / "probabilities.tif" if probabilities else None,
+            tile_size=tile_size, padding=padding, batch_size=batch_size, device=device, blend=blend,  # type: ignore[arg-type]
+            test_time_augmentation=tta,
         )
+        cmap = rioxarray.open_rasterio(done.class_map, chunks=True).squeeze("band", drop=True)
+        cmap = cmap.odc.assign_crs(cmap.rio.crs.to_wkt())
         card = pystac.Item.from_file(str(Path(model).resolve()) if Path(model).exists() else model, stac_io=FsspecStacIO())
         item = class_map_item(
             str((out / "class_map.tif").resolve()), cmap, id=f"{out.resolve().name}-class-map", classes=net.spec.classes, source_items=imagery, model_card=card
         )
+        if probabilities:
+            item.add_asset("probabilities", pystac.Asset(str((out / "probabilities.tif").resolve()), media_type=pystac.MediaType.COG, roles=["data"], title="Class probabilities (softmax), one band per class"))
         write_catalog([item], out, id=out.resolve().name, description="staclearn prediction")
     except StaclearnError as err:
         _fail(err)
-    typer.echo(f"class map: {out / 'class_map.tif'}\ncatalog:   {out / 'catalog.json'}")
+    typer.echo(f"class map: {out / 'class_map.tif'} ({done.tiles_predicted} tiles predicted, {done.tiles_skipped} resumed)\ncatalog:   {out / 'catalog.json'}")
 
 
 @app.command()
