@@ -1201,6 +1201,7 @@ def run_change(
     values = [c.value for c in CHANGE_CLASSES]
     metrics: dict[str, dict[str, ClassificationMetrics]] = {}
     masks: dict[str, Path] = {}
+    predicted: dict[str, xr.DataArray] = {}
     probs: dict[str, Path] = {}
     cvas: dict[str, Path] = {}
     for city in config.valid_cities:
@@ -1211,6 +1212,7 @@ def run_change(
             model, before, after, tile_size=config.predict_tile_size, padding=config.padding,
             batch_size=max(1, config.batch_size // 4), device=config.device, out_path=masks[city], prob_path=prob_path,
         )
+        predicted[city] = pred.mask
         if prob_path is not None:
             probs[city] = prob_path
         cva = cva_mask(magnitudes[city], threshold)
@@ -1225,7 +1227,7 @@ def run_change(
     timings["predict_evaluate"] = time.perf_counter() - t3
     report = {f"{city} {config.fusion}" if k == "model" else f"{city} cva": v for city, d in metrics.items() for k, v in d.items()}
     json_path, png_path = write_report(report, out, name="evaluation")
-    card, items = _publish_run(out, model, config, groups, train_cities, metrics, masks, probs, json_path, png_path, trainer)
+    card, items = _publish_run(out, model, config, groups, train_cities, metrics, masks, predicted, probs, json_path, png_path)
     timings["total"] = time.perf_counter() - t0
     _write_json(out / "timings.json", timings)
     return ChangeResult(
@@ -1259,10 +1261,10 @@ def _publish_run(
     train_cities: Sequence[str],
     metrics: Mapping[str, Mapping[str, ClassificationMetrics]],
     masks: Mapping[str, Path],
+    predicted: Mapping[str, xr.DataArray],
     probs: Mapping[str, Path],
     evaluation_json: Path,
     confusion_png: Path,
-    trainer: Trainer,
 ) -> tuple[pystac.Item, dict[str, pystac.Item]]:
     """Write the MLM card and one change-mask Item per validation city into ``out/catalog.json``."""
     from staclearn.modelcard import model_card
@@ -1312,22 +1314,12 @@ def _publish_run(
     items = {}
     for city, path in masks.items():
         g = groups[city]
-        mask = _open_mask(path)
         items[city] = change_mask_item(
-            str(path.resolve()), mask, id=f"{run_id}-change-{city}", before=g.before, after=g.after, model_card=card,
+            str(path.resolve()), predicted[city], id=f"{run_id}-change-{city}", before=g.before, after=g.after, model_card=card,
             probability_href=str(probs[city].resolve()) if city in probs else None,
         )
     write_catalog([card, *items.values()], out, id=run_id, description="staclearn change-detection run")
     return card, items
-
-
-def _open_mask(path: Path) -> xr.DataArray:
-    import rioxarray  # noqa: F401  (registers the .rio accessor used by open_rasterio)
-
-    da = rioxarray.open_rasterio(path).squeeze("band", drop=True)
-    from odc.geo.xr import assign_crs
-
-    return assign_crs(da, da.rio.crs.to_wkt())
 
 
 def change_mask_item(
