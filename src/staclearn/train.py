@@ -187,18 +187,15 @@ class BaseTrainer:
         self.ignore_index = ignore_index
         self.batch_size = batch_size
         self.sample_weights: np.ndarray | None = None
+        order: dict[str, Any] = {"shuffle": True, "generator": self.generator}
         if sampling is not None or oversample:
             self.sample_weights = sample_weights(
                 self._class_presence(train), balanced=sampling == "balanced", oversample=oversample
             )
-            sampler = balanced_sampler(self.sample_weights, self.generator)
-            self.train_loader = DataLoader(
-                train, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=len(train) > batch_size  # type: ignore[arg-type]
-            )
-        else:
-            self.train_loader = DataLoader(
-                train, batch_size=batch_size, shuffle=True, generator=self.generator, num_workers=num_workers, drop_last=len(train) > batch_size  # type: ignore[arg-type]
-            )
+            order = {"sampler": balanced_sampler(self.sample_weights, self.generator)}
+        self.train_loader = DataLoader(
+            train, batch_size=batch_size, num_workers=num_workers, drop_last=len(train) > batch_size, **order  # type: ignore[arg-type]
+        )
         self.valid_loader = (
             DataLoader(valid, batch_size=batch_size, shuffle=False, num_workers=num_workers)
             if valid is not None and len(valid) > 0  # type: ignore[arg-type]
