@@ -31,7 +31,7 @@ from staclearn.publish import FsspecStacIO
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["PredictionLayers", "prediction_layers", "plot_prediction", "interactive_map", "class_colors"]
+__all__ = ["PredictionLayers", "prediction_layers", "plot_prediction", "interactive_map", "class_colors", "percentile_stretch"]
 
 #: Colours of classes without a ``color_hint`` (matplotlib's tab10, cycled), RGB in [0, 1].
 _FALLBACK = (
@@ -130,8 +130,16 @@ def _classes(item: pystac.Item, asset: str, card: pystac.Item | None) -> tuple[C
     return tuple(classes_from_item(item, asset))
 
 
-def _stretch(image: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """``(3, y, x)`` -> ``(y, x, 3)`` in [0, 1], each band cut at its own percentiles; NaN kept."""
+def percentile_stretch(image: np.ndarray, percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray:
+    """Contrast-stretch three bands for display (QGIS' default cumulative-count cut).
+
+    Args:
+        image: ``(3, y, x)`` bands shown as red, green, blue, in any units, NaN where no data.
+        percentiles: lower and upper percentile of each band's finite pixels, mapped to 0 and 1.
+
+    Returns:
+        ``(y, x, 3) float32`` in [0, 1], NaN kept where the input is NaN.
+    """
     out = np.full(image.shape[1:] + (3,), np.nan, dtype=np.float32)
     for b in range(3):
         band = image[b].astype(np.float32)
@@ -207,7 +215,7 @@ def prediction_layers(
         nd = cube.attrs.get("nodata")
         if nd is not None and not np.isnan(nd):
             values = np.where(values == nd, np.nan, values)
-        rgb = _stretch(values, percentiles)
+        rgb = percentile_stretch(values, percentiles)
     elif imagery:
         from staclearn.cube import load_cube
 
@@ -220,7 +228,7 @@ def prediction_layers(
             values = np.where(values == nd, np.nan, values)
         if chosen is None:
             values = values[[0, 0, 0]]
-        rgb = _stretch(values, percentiles)
+        rgb = percentile_stretch(values, percentiles)
     return PredictionLayers(class_map, nodata, classes, rgb, geobox, pred, card)
 
 

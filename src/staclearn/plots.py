@@ -57,13 +57,10 @@ def rgb_image(image: np.ndarray | torch.Tensor, rgb: Sequence[int] = (0, 1, 2), 
     arr = np.asarray(image, dtype=np.float32)
     if max(rgb) >= arr.shape[0] or min(rgb) < -arr.shape[0]:
         raise ConfigError(f"rgb band indices {list(rgb)} do not exist in a {arr.shape[0]}-band chip; pass rgb=.")
-    bands = [arr[i] for i in (list(rgb) * 3)[:3]] if len(rgb) == 1 else [arr[i] for i in rgb]
-    out = []
-    for band in bands:
-        finite = band[np.isfinite(band)]
-        lo, hi = np.percentile(finite, stretch) if finite.size else (0.0, 1.0)
-        out.append(np.clip((band - lo) / (hi - lo if hi > lo else 1.0), 0, 1))
-    return np.nan_to_num(np.stack(out, -1)).astype(np.float32)
+    from staclearn.maps import percentile_stretch
+
+    bands = arr[(list(rgb) * 3)[:3] if len(rgb) == 1 else list(rgb)]
+    return np.nan_to_num(percentile_stretch(bands, stretch)).astype(np.float32)
 
 
 def _overlay(rgb: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
