@@ -250,17 +250,17 @@ def change_predict(
 ) -> None:
     """Predict a change mask with a published change model: one search, two datetime ranges
     (before, after), both dates on one GeoBox; publish it as a change-mask Item."""
-    import pystac
 
     from staclearn.change import change_mask_item, load_pair, predict_change
     from staclearn.errors import ConfigError
     from staclearn.landcover import split_label_items
-    from staclearn.modelcard import load_model
-    from staclearn.publish import FsspecStacIO, write_catalog
+    from staclearn.modelcard import load_model, read_card
+    from staclearn.publish import write_catalog
     from staclearn.search import open_items
 
     try:
-        net = load_model(model)
+        card = read_card(model)
+        net = load_model(card)
         date_bands = net.spec.extra.get("date_bands")
         if net.spec.extra.get("dates") != 2 or not date_bands:
             raise ConfigError(f"{model} is not a two-date change model card (no staclearn.extra dates: 2); use 'staclearn predict'.")
@@ -274,7 +274,6 @@ def change_predict(
             net, b, a, tile_size=tile_size, padding=padding, batch_size=batch_size, device=device,
             out_path=out / "change_mask.tif", prob_path=prob_path,
         )
-        card = pystac.Item.from_file(str(Path(model).resolve()) if Path(model).exists() else model, stac_io=FsspecStacIO())
         item = change_mask_item(
             str((out / "change_mask.tif").resolve()), pred.mask, id=f"{out.resolve().name}-change", before=found["before"],
             after=found["after"], model_card=card, probability_href=str(prob_path.resolve()) if prob_path else None,
@@ -311,13 +310,14 @@ def predict(
 
     from staclearn.cube import load_cube
     from staclearn.landcover import split_label_items
-    from staclearn.modelcard import load_model
+    from staclearn.modelcard import load_model, read_card
     from staclearn.predict import predict_to_cog
-    from staclearn.publish import FsspecStacIO, class_map_item, write_catalog
+    from staclearn.publish import class_map_item, write_catalog
     from staclearn.search import open_items
 
     try:
-        net = load_model(model)
+        card = read_card(model)
+        net = load_model(card)
         imagery, _ = split_label_items(open_items(catalog, bbox=_bbox(bbox), datetime=datetime, modifier=_modifier(modifier)))
         cube = load_cube(imagery, bands=net.spec.bands, bbox=_bbox(bbox))
         done = predict_to_cog(
@@ -327,7 +327,6 @@ def predict(
         )
         cmap = rioxarray.open_rasterio(done.class_map, chunks=True).squeeze("band", drop=True)
         cmap = cmap.odc.assign_crs(cmap.rio.crs.to_wkt())
-        card = pystac.Item.from_file(str(Path(model).resolve()) if Path(model).exists() else model, stac_io=FsspecStacIO())
         item = class_map_item(
             str((out / "class_map.tif").resolve()), cmap, id=f"{out.resolve().name}-class-map", classes=net.spec.classes, source_items=imagery, model_card=card
         )

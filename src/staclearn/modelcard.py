@@ -25,7 +25,7 @@ from staclearn.classifier import ClassifierSpec, ObjectClassifier
 from staclearn.models import ModelSpec, SegmentationModel, SiameseDiffUnet, load_weights, model_from_spec, pair_band_names
 from staclearn.publish import FsspecStacIO, unsigned_href
 
-__all__ = ["MLM_SCHEMA", "CLASSIFICATION_SCHEMA", "model_card", "spec_from_card", "load_model", "WEIGHTS_ASSET"]
+__all__ = ["MLM_SCHEMA", "CLASSIFICATION_SCHEMA", "model_card", "spec_from_card", "read_card", "load_model", "WEIGHTS_ASSET"]
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
 CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
@@ -348,6 +348,31 @@ def spec_from_card(card: pystac.Item | Mapping[str, Any]) -> ModelSpec | Classif
         ) from err
 
 
+def read_card(href: str | os.PathLike[str]) -> pystac.Item:
+    """Read a model-card Item from a local path, an http(s) URL or any fsspec URL.
+
+    Args:
+        href: path or URL of the card Item JSON (a local path is made absolute, so the
+            card's relative asset hrefs resolve).
+
+    Returns:
+        The card Item, with its self href set.
+
+    Raises:
+        ModelCardError: the file cannot be read or is not a STAC Item.
+    """
+    href = os.fspath(href)
+    if "://" not in href:
+        href = os.path.abspath(href)
+    try:
+        return pystac.Item.from_file(href, stac_io=FsspecStacIO())
+    except (OSError, ValueError) as err:
+        raise ModelCardError(
+            f"Model card {href!r} cannot be read ({err}); pass the path or URL of the MLM card "
+            "Item JSON (e.g. runs/nc/<run>/<run>-model/<run>-model.json)."
+        ) from err
+
+
 def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel | SiameseDiffUnet | ObjectClassifier:
     """Rebuild a trained model from its MLM card alone.
 
@@ -368,17 +393,7 @@ def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel 
         ModelCardError: the card has no ``mlm:model`` asset or lacks MLM fields.
         UnsafeWeightsError: the weights are not safetensors.
     """
-    if isinstance(card, pystac.Item):
-        item = card
-    else:
-        href = os.fspath(card)
-        try:
-            item = pystac.Item.from_file(href, stac_io=FsspecStacIO())
-        except (OSError, ValueError) as err:
-            raise ModelCardError(
-                f"Model card {href!r} cannot be read ({err}); pass the path or URL of the MLM card "
-                "Item JSON (e.g. runs/nc/<run>/<run>-model/<run>-model.json)."
-            ) from err
+    item = card if isinstance(card, pystac.Item) else read_card(card)
     spec = spec_from_card(item)
     assets = [a for a in item.assets.values() if "mlm:model" in (a.roles or [])]
     if not assets:
