@@ -123,6 +123,15 @@ __all__ += [
 ]
 
 
+class SplitError(ConfigError):
+    """A train / validation / test split cannot be made: test regions (file, bboxes, mask raster,
+    tile ids, cities) unreadable or empty, or a part left without labels."""
+
+
+class NodataLabelsWarning(StaclearnWarning):
+    """Labelled pixels fall where the imagery is nodata and are dropped (counted in the message)."""
+
+
 class DateOrderError(ConfigError):
     """The "before" Items of a pair are later than its "after" Items."""
 
