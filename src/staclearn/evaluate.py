@@ -42,6 +42,8 @@ __all__ = [
     "ClassificationMetrics",
     "compute_metrics",
     "write_report",
+    "write_evaluation",
+    "summary",
     "plot_confusion_matrix",
     "random_forest_baseline",
 ]
@@ -314,6 +316,73 @@ def write_report(
     png_path = out / f"{name}_confusion.png"
     _atomic_write(png_path, lambda fh: fig.savefig(fh, format="png", dpi=100))
     return json_path, png_path
+
+
+def summary(m: ClassificationMetrics) -> dict[str, Any]:
+    """The headline figures of one model for cards and Items: OA, kappa, macro-F1, mIoU,
+    per-class F1 and the number of samples (``None`` for NaN)."""
+    d = m.to_dict()
+    return {
+        "overall_accuracy": _json_float(m.overall_accuracy),
+        "kappa": _json_float(m.kappa),
+        "macro_f1": _json_float(m.macro_f1),
+        "miou": _json_float(m.miou),
+        "f1": d["f1"],
+        "n_samples": int(m.n_samples),
+    }
+
+
+def write_evaluation(
+    parts: Mapping[str, Mapping[str, ClassificationMetrics]],
+    out_dir: str | os.PathLike[str],
+    *,
+    split: Mapping[str, Any] | None = None,
+    name: str = "evaluation",
+) -> tuple[Path, dict[str, Path]]:
+    """Write ``{name}.json`` with the figures of each part kept apart, and one confusion figure per part.
+
+    The JSON is ``{"test": <report>, "validation": <report>, "split": split}`` where each
+    ``<report>`` is what :func:`write_report` writes for that part (``models`` +
+    ``comparison``). Only the ``test`` figures are measured on ground that no choice
+    (epoch, threshold, class weights, normalisation) has seen; ``validation`` figures are
+    from the part that made those choices and are optimistic. The figures go to
+    ``{name}_confusion.png`` (test, or the first part when there is no test part) and
+    ``{name}_<part>_confusion.png`` for the others.
+
+    Args:
+        parts: ``{"test": {model: metrics}, "validation": {model: metrics}}``; empty parts
+            are left out.
+        out_dir: folder, created if missing.
+        split: the split description (:func:`staclearn.splits.split_description`).
+        name: file stem.
+
+    Returns:
+        ``(json_path, {part: png_path})``.
+
+    Raises:
+        ConfigError: no part holds a model, or a bad ``name``.
+    """
+    parts = {k: v for k, v in parts.items() if v}
+    if not parts:
+        raise ConfigError("parts is empty; pass {'test': {model: metrics}, 'validation': {...}}.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    pngs: dict[str, Path] = {}
+    main = "test" if "test" in parts else next(iter(parts))
+    for part, results in parts.items():
+        stem = name if part == main else f"{name}_{part}"
+        j, png = write_report(results, out, name=stem)
+        report[part] = json.loads(j.read_text(encoding="utf-8"))
+        if part != main:
+            j.unlink()
+        pngs[part] = png
+    if split is not None:
+        report["split"] = dict(split)
+    text = json.dumps(report, indent=2, allow_nan=False, default=str) + "\n"
+    json_path = out / f"{name}.json"
+    _atomic_write(json_path, lambda fh: fh.write(text.encode("utf-8")))
+    return json_path, pngs
 
 
 def random_forest_baseline(
