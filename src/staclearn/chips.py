@@ -25,8 +25,9 @@ from odc.geo.geobox import GeoBox
 from rasterio.windows import Window
 
 from staclearn.cube import valid_mask
-from staclearn.errors import ConfigError, LabelError
+from staclearn.errors import ConfigError, LabelError, SplitError
 from staclearn.labels import IGNORE_INDEX
+from staclearn.splits import TEST, TRAIN, VALID
 
 __all__ = [
     "chip_windows",
@@ -36,10 +37,8 @@ __all__ = [
     "band_statistics",
     "TRAIN",
     "VALID",
+    "TEST",
 ]
-
-TRAIN = 0
-VALID = 1
 
 
 def _starts(size: int, tile: int, stride: int) -> list[int]:
@@ -78,79 +77,133 @@ def chip_windows(shape: tuple[int, int], tile_size: int, stride: int | None = No
     ]
 
 
+def _block_histogram(labels: np.ndarray, block_size: int, classes: np.ndarray, ignore_index: int) -> np.ndarray:
+    """(n_blocks, K) labelled-pixel counts per square block and class."""
+    h, w = labels.shape
+    nby, nbx = -(-h // block_size), -(-w // block_size)
+    hist = np.zeros((nby * nbx, len(classes)), dtype=np.int64)
+    by, bx = np.nonzero(labels != ignore_index)
+    block_id = (by // block_size) * nbx + (bx // block_size)
+    np.add.at(hist, (block_id, np.searchsorted(classes, labels[by, bx])), 1)
+    return hist
+
+
+def _draw_blocks(hist: np.ndarray, fraction: float, rng: np.random.Generator, tries: int) -> list[int]:
+    """Among ``tries`` random block orders, the held-out set that first keeps every class it
+    can on the kept side (a class never trained on cannot be learnt), then most classes on
+    both sides, then brings the held-out share of labelled pixels closest to ``fraction``."""
+    occupied = np.nonzero(hist.sum(1))[0]
+    total = int(hist.sum())
+    best_key, best = None, None
+    for _ in range(tries):
+        order = rng.permutation(occupied)
+        held: list[int] = []
+        count = 0
+        for b in order:
+            if count >= fraction * total:
+                break
+            held.append(int(b))
+            count += int(hist[b].sum())
+        if len(held) == len(occupied):
+            held = held[:-1]
+        v = hist[held].sum(0)
+        t = hist.sum(0) - v
+        key = (-int((t > 0).sum()), -int(((v > 0) & (t > 0)).sum()), abs(v.sum() / total - fraction))
+        if best_key is None or key < best_key:
+            best_key, best = key, held
+    return best or []
+
+
 def block_split(
     labels: np.ndarray,
     *,
     block_size: int,
     valid_fraction: float = 0.3,
+    test_fraction: float = 0.0,
+    test_mask: np.ndarray | None = None,
     seed: int = 0,
     ignore_index: int = IGNORE_INDEX,
     tries: int = 500,
 ) -> np.ndarray:
-    """Assign square blocks of the scene to train or validation.
+    """Assign the scene to train, validation and test parts by square blocks.
 
-    Among ``tries`` seeded random block assignments, keeps the one that first maximises the
-    number of classes present on both sides, then brings the validation share of labelled
-    pixels closest to ``valid_fraction``.
+    The test part is fixed first: the pixels of ``test_mask`` when given (user test
+    regions; any shape, not block-aligned), otherwise whole blocks holding about
+    ``test_fraction`` of the labelled pixels. Validation blocks are then drawn from what is
+    left, holding about ``valid_fraction`` of the remaining labelled pixels. Each draw keeps,
+    among ``tries`` seeded random block orders, the one that first keeps the most classes on
+    the remaining (training) side, then the most classes on both sides, then brings the
+    held-out share closest to its target
+    (spatial blocking after Roberts et al. 2017, "Cross-validation strategies for data with
+    temporal, spatial, hierarchical, or phylogenetic structure").
+
+    ``seed`` is the *split* seed: the split depends on nothing else, so a model's training
+    seed can change while the split stays.
 
     Args:
         labels: ``(H, W)`` uint8 class indices, ``ignore_index`` where unlabelled.
         block_size: block edge in pixels (e.g. 64 px x 28.5 m = 1.8 km).
-        valid_fraction: target share of labelled pixels in validation blocks, in (0, 1).
-        seed: random seed.
+        valid_fraction: target share of the labelled pixels outside the test part that go
+            to validation blocks, in (0, 1).
+        test_fraction: target share of all labelled pixels in test blocks, in [0, 1); 0
+            (default) and no ``test_mask``: no test part (train / validation only).
+        test_mask: ``(H, W)`` bool, True for test pixels; overrides ``test_fraction``.
+        seed: split seed.
         ignore_index: unlabelled index.
-        tries: number of random assignments examined.
+        tries: number of random assignments examined per draw.
 
     Returns:
-        ``(H, W)`` uint8: :data:`TRAIN` (0) or :data:`VALID` (1) per pixel, constant per block.
+        ``(H, W)`` uint8: :data:`TRAIN` (0), :data:`VALID` (1) or :data:`TEST` (2) per pixel.
 
     Raises:
-        ConfigError: bad ``block_size`` / ``valid_fraction``, or fewer than two blocks hold labels.
+        ConfigError: bad ``block_size`` / fractions / ``test_mask`` shape, or fewer than two
+            blocks hold labels outside the test part.
         LabelError: no labelled pixel.
+        SplitError: the test part holds no labelled pixel, or leaves none for training.
     """
-    if block_size < 1 or not 0 < valid_fraction < 1:
-        raise ConfigError(f"block_size must be >= 1 and 0 < valid_fraction < 1, got {block_size}, {valid_fraction}")
+    if block_size < 1 or not 0 < valid_fraction < 1 or not 0 <= test_fraction < 1:
+        raise ConfigError(
+            f"block_size must be >= 1, 0 < valid_fraction < 1 and 0 <= test_fraction < 1, got "
+            f"{block_size}, {valid_fraction}, {test_fraction}"
+        )
     h, w = labels.shape
     nby, nbx = -(-h // block_size), -(-w // block_size)
     labelled = labels != ignore_index
-    total = int(labelled.sum())
-    if total == 0:
+    if int(labelled.sum()) == 0:
         raise LabelError("No labelled pixel: cannot split train/validation blocks.")
     classes = np.unique(labels[labelled])
-    # per-block class histogram
-    hist = np.zeros((nby * nbx, len(classes)), dtype=np.int64)
-    by, bx = np.nonzero(labelled)
-    block_id = (by // block_size) * nbx + (bx // block_size)
-    cls_pos = np.searchsorted(classes, labels[by, bx])
-    np.add.at(hist, (block_id, cls_pos), 1)
-    occupied = np.nonzero(hist.sum(1))[0]
-    if len(occupied) < 2:
-        raise ConfigError(
-            f"Only {len(occupied)} block of {block_size} px holds labels: use a smaller block_size."
-        )
     rng = np.random.default_rng(seed)
-    best_key, best_valid = None, None
-    for _ in range(tries):
-        order = rng.permutation(occupied)
-        valid_blocks = []
-        count = 0
-        for b in order:
-            if count >= valid_fraction * total:
-                break
-            valid_blocks.append(b)
-            count += int(hist[b].sum())
-        if len(valid_blocks) == len(occupied):
-            valid_blocks = valid_blocks[:-1]
-        v = hist[valid_blocks].sum(0)
-        t = hist.sum(0) - v
-        both = int(((v > 0) & (t > 0)).sum())
-        key = (-both, abs(v.sum() / total - valid_fraction))
-        if best_key is None or key < best_key:
-            best_key, best_valid = key, valid_blocks
-    split_blocks = np.zeros(nby * nbx, dtype=np.uint8)
-    split_blocks[np.asarray(best_valid, dtype=np.int64)] = VALID
-    grid = split_blocks.reshape(nby, nbx)
-    return np.repeat(np.repeat(grid, block_size, 0), block_size, 1)[:h, :w]
+
+    def blocks_to_pixels(blocks: Sequence[int]) -> np.ndarray:
+        grid = np.zeros(nby * nbx, dtype=bool)
+        grid[np.asarray(blocks, dtype=np.int64)] = True
+        return np.repeat(np.repeat(grid.reshape(nby, nbx), block_size, 0), block_size, 1)[:h, :w]
+
+    if test_mask is not None:
+        test_mask = np.asarray(test_mask, dtype=bool)
+        if test_mask.shape != labels.shape:
+            raise ConfigError(f"test_mask {test_mask.shape} is not on the label grid {labels.shape}")
+    elif test_fraction > 0:
+        hist = _block_histogram(labels, block_size, classes, ignore_index)
+        if int((hist.sum(1) > 0).sum()) < 3:
+            raise ConfigError(f"Fewer than 3 blocks of {block_size} px hold labels: use a smaller block_size for a test part.")
+        test_mask = blocks_to_pixels(_draw_blocks(hist, test_fraction, rng, tries))
+    else:
+        test_mask = np.zeros(labels.shape, dtype=bool)
+    if test_mask.any() and not (labelled & test_mask).any():
+        raise SplitError("The test part holds no labelled pixel: move the test regions onto labelled ground.")
+    rest = np.where(test_mask, ignore_index, labels).astype(labels.dtype)
+    if not (rest != ignore_index).any():
+        raise SplitError("The test part covers every labelled pixel: nothing is left to train on.")
+    hist = _block_histogram(rest, block_size, classes, ignore_index)
+    occupied = int((hist.sum(1) > 0).sum())
+    if occupied < 2:
+        raise ConfigError(
+            f"Only {occupied} block of {block_size} px holds labels outside the test part: use a smaller block_size."
+        )
+    split = np.where(blocks_to_pixels(_draw_blocks(hist, valid_fraction, rng, tries)), VALID, TRAIN).astype(np.uint8)
+    split[test_mask] = TEST
+    return split
 
 
 @dataclass(frozen=True)
@@ -204,12 +257,17 @@ def export_chips(
 
     A chip is kept for a split when the share of its pixels labelled *in that split* is at
     least ``min_labelled``; a chip that straddles train and validation blocks may be written
-    once per split, each copy keeping only its split's labels.
+    once per split, each copy keeping only its split's labels. No chip is written for the
+    test part, and test pixels inside a training or validation chip's window are written as
+    image nodata (``nodata``, or NaN when ``nodata`` is None) with no label, so neither the
+    imagery nor the labels of the test part reach training, validation or the
+    normalisation statistics (the count is the index column ``test_pixels_masked``).
 
     Args:
         image: ``(C, H, W)`` float32 imagery on ``geobox``.
         labels: ``(H, W)`` uint8 class indices on ``geobox``, ``ignore_index`` if unlabelled.
-        split: ``(H, W)`` uint8 from :func:`block_split`.
+        split: ``(H, W)`` uint8 from :func:`block_split` (:data:`TRAIN`, :data:`VALID`,
+            :data:`TEST`).
         geobox: GeoBox of ``image`` / ``labels``; one without a CRS (pixel coordinates of
             non-georeferenced imagery) gives chips without georeference.
         out_dir: output folder; chips go to ``out_dir/images`` and ``out_dir/labels``, the
@@ -225,7 +283,7 @@ def export_chips(
     Returns:
         The index as a GeoDataFrame (geometry = chip bounds in the cube CRS), columns
         ``chip_id, split, row_off, col_off, height, width, crs, transform, labelled_fraction,
-        image, label`` (paths relative to ``out_dir``).
+        test_pixels_masked, image, label`` (paths relative to ``out_dir``).
 
     Raises:
         ConfigError: array shapes differ from the GeoBox, or ``min_labelled`` not in [0, 1].
@@ -245,9 +303,12 @@ def export_chips(
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     rows = []
+    fill = np.float32(np.nan) if nodata is None else np.float32(nodata)
     for win in chip_windows(labels.shape, tile_size, stride):
         sl = win.toslices()
         lab = labels[sl]
+        test_px = split[sl] == TEST
+        n_test = int(test_px.sum())
         for split_id, split_name in ((TRAIN, "train"), (VALID, "valid")):
             own = np.where(split[sl] == split_id, lab, ignore_index).astype(np.uint8)
             frac = float((own != ignore_index).mean())
@@ -256,7 +317,10 @@ def export_chips(
             chip_id = f"r{win.row_off:05d}_c{win.col_off:05d}_{split_name}"
             gbox = geobox[sl]
             paths = _ChipPaths(out / "images" / f"{chip_id}.tif", out / "labels" / f"{chip_id}.tif")
-            _write_tif(paths.image, image[(slice(None), *sl)].astype(np.float32), gbox, nodata)
+            chip = image[(slice(None), *sl)].astype(np.float32)
+            if n_test:
+                chip[:, test_px] = fill  # test imagery never enters a training or validation chip
+            _write_tif(paths.image, chip, gbox, nodata)
             _write_tif(paths.label, own[None], gbox, ignore_index)
             rows.append(
                 {
@@ -269,6 +333,7 @@ def export_chips(
                     "crs": geobox.crs.to_wkt() if geobox.crs is not None else None,
                     "transform": list(gbox.affine)[:6],
                     "labelled_fraction": frac,
+                    "test_pixels_masked": n_test,
                     "image": str(paths.image.relative_to(out)),
                     "label": str(paths.label.relative_to(out)),
                     "geometry": box(*gbox.boundingbox),

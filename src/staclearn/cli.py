@@ -96,8 +96,12 @@ def landcover_run(
     tile_size: Annotated[int, typer.Option(help="training chip edge, pixels (multiple of 32)")] = 64,
     stride: Annotated[int, typer.Option(help="step between chips, pixels")] = 32,
     min_labelled: Annotated[float, typer.Option(help="minimum labelled fraction of a chip, 0-1")] = 0.002,
+    test_regions: Annotated[Optional[str], typer.Option(help="test part: vector file (GeoJSON, GeoParquet... any CRS) or mask raster (.tif, non-zero = test); default: drawn test blocks")] = None,
+    test_bbox: Annotated[Optional[list[str]], typer.Option("--test-bbox", help="test part as west,south,east,north in WGS84 degrees (repeatable)")] = None,
+    test_fraction: Annotated[float, typer.Option(help="share of labelled pixels drawn as test blocks when no test regions are given (0 = no test part)")] = 0.25,
     block_size: Annotated[int, typer.Option(help="edge of the spatial split blocks, pixels")] = 64,
-    valid_fraction: Annotated[float, typer.Option(help="share of labelled pixels held out, 0-1")] = 0.3,
+    valid_fraction: Annotated[float, typer.Option(help="share of the non-test labelled pixels held out for validation (epoch selection), 0-1")] = 0.2,
+    split_seed: Annotated[int, typer.Option(help="seed of the test / validation block draws (separate from --seed)")] = 0,
     encoder: Annotated[str, typer.Option(help="U-Net encoder (resnet18, resnet34, efficientnet-b0...)")] = "resnet18",
     encoder_weights: Annotated[Optional[str], typer.Option(help="'imagenet' needs internet; default random init")] = None,
     epochs: Annotated[int, typer.Option(help="training epochs")] = 30,
@@ -106,7 +110,7 @@ def landcover_run(
     predict_tile_size: Annotated[int, typer.Option(help="inference tile edge incl. padding, pixels")] = 256,
     padding: Annotated[int, typer.Option(help="inference context discarded on each tile side, pixels")] = 32,
     rf_estimators: Annotated[int, typer.Option(help="trees of the RandomForest baseline (0 = skip)")] = 200,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="training seed: initialisation, shuffling, augmentation")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     engine: Annotated[str, typer.Option(help="cube loader: odc (odc-stac) or stackstac")] = "odc",
     modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
@@ -114,8 +118,10 @@ def landcover_run(
 ) -> None:
     """Train a U-Net on STAC imagery + labels, predict the whole scene, evaluate and publish.
 
-    Writes into OUT: class_map.tif (COG, class values, nodata 255), evaluation.json and
-    evaluation_confusion.png (U-Net and RandomForest on the held-out blocks), history.json,
+    Writes into OUT: class_map.tif (COG, class values, nodata 255), evaluation.json (U-Net
+    and RandomForest: "test" figures on the test part that no choice saw, "validation"
+    figures on the epoch-selection blocks, "split" counts) and evaluation_confusion.png
+    (test), history.json,
     chips/ (GeoTIFF chips + chips.parquet index), model/weights.safetensors and catalog.json
     with the MLM model-card Item and the class-map Item.
     """
@@ -128,8 +134,11 @@ def landcover_run(
         tile_size=tile_size,
         stride=stride,
         min_labelled=min_labelled,
+        test_regions=test_regions if test_regions else ([_bbox(b) for b in test_bbox] if test_bbox else None),
+        test_fraction=test_fraction,
         block_size=block_size,
         valid_fraction=valid_fraction,
+        split_seed=split_seed,
         encoder=encoder,
         encoder_weights=encoder_weights,
         epochs=epochs,
@@ -145,6 +154,8 @@ def landcover_run(
         result = run_landcover(catalog, out, config, bbox=_bbox(bbox), datetime=datetime, modifier=_modifier(modifier), progress=progress)
     except StaclearnError as err:
         _fail(err)
+    for part, results in result.metrics.items():
+        typer.echo(part + ": " + "  ".join(f"{k} OA {m.overall_accuracy:.3f} macro-F1 {m.macro_f1:.3f}" for k, m in results.items()))
     typer.echo(f"class map: {result.class_map}\nreport:    {out / 'evaluation.json'}\ncatalog:   {result.catalog}")
 
 

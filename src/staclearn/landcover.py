@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,16 +27,17 @@ from typing import Any
 import numpy as np
 import pystac
 
-from staclearn.chips import TRAIN, VALID, ChipDataset, band_statistics, block_split, export_chips
+from staclearn.chips import ChipDataset, band_statistics, block_split, export_chips
 from staclearn.cube import load_cube, valid_mask
-from staclearn.errors import NoItemsFoundError
-from staclearn.evaluate import ClassificationMetrics, compute_metrics, random_forest_baseline, write_report
+from staclearn.errors import NodataLabelsWarning, NoItemsFoundError
+from staclearn.evaluate import ClassificationMetrics, compute_metrics, random_forest_baseline, summary, write_evaluation
 from staclearn.labels import IGNORE_INDEX, indices_to_values, load_label_raster
 from staclearn.modelcard import model_card
 from staclearn.models import build_model, save_weights
 from staclearn.predict import CLASS_MAP_NODATA, predict_class_map, write_cog
 from staclearn.publish import chips_collection, class_map_item, geobox_geometry, write_catalog
 from staclearn.search import open_items
+from staclearn.splits import TEST, TRAIN, VALID, part_counts, regions_mask, split_description
 from staclearn.train import EpochRecord, Trainer
 
 __all__ = ["LandCoverConfig", "LandCoverResult", "run_landcover", "split_label_items"]
@@ -52,8 +54,20 @@ class LandCoverConfig:
         tile_size: training chip edge (pixels); a multiple of 32 for a depth-5 U-Net.
         stride: step between chips (pixels); < tile_size gives overlapping chips.
         min_labelled: minimum share of labelled pixels in a chip, in [0, 1].
-        block_size: edge of the square blocks of the spatial train/validation split (pixels).
-        valid_fraction: target share of labelled pixels held out in validation blocks.
+        test_regions: the test part, given by the user: a vector file (GeoJSON, GeoParquet,
+            GeoPackage... in any CRS), a ``(west, south, east, north)`` WGS84 bbox or a list
+            of them, a mask raster (``.tif``: non-zero = test; on the label grid, or
+            reprojected onto it with nearest resampling), or a ``(H, W)`` bool array on the
+            label grid. ``None``: test blocks are drawn with ``test_fraction`` and
+            ``split_seed``. See :func:`staclearn.splits.regions_mask`.
+        test_fraction: share of labelled pixels drawn as whole test blocks when
+            ``test_regions`` is None, in [0, 1); 0 gives no test part (the figures are then
+            validation figures, named so).
+        block_size: edge of the square blocks of the spatial split (pixels).
+        valid_fraction: target share of the labelled pixels outside the test part held out
+            in validation blocks (epoch selection).
+        split_seed: seed of the block draws; separate from ``seed`` so the split stays
+            when the training seed changes.
         architecture: smp architecture (``"Unet"``).
         encoder: encoder name (``"resnet18"``, ``"resnet34"``...).
         encoder_weights: ``None`` or ``"imagenet"`` (needs internet).
@@ -65,7 +79,7 @@ class LandCoverConfig:
         predict_tile_size: inference tile edge (pixels, padding included).
         padding: inference context discarded on each tile side (pixels).
         rf_estimators: trees of the RandomForest baseline (0 skips it).
-        seed: random seed for split, initialisation, shuffling and augmentation.
+        seed: training seed: initialisation, shuffling and augmentation (not the split).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     """
 
@@ -75,8 +89,11 @@ class LandCoverConfig:
     tile_size: int = 64
     stride: int = 32
     min_labelled: float = 0.002
+    test_regions: Any = None
+    test_fraction: float = 0.25
     block_size: int = 64
-    valid_fraction: float = 0.3
+    valid_fraction: float = 0.2
+    split_seed: int = 0
     architecture: str = "Unet"
     encoder: str = "resnet18"
     encoder_weights: str | None = None
@@ -102,7 +119,10 @@ class LandCoverResult:
         catalog: path of the output ``catalog.json``.
         model_card: the MLM card Item (saved).
         prediction: the class-map Item (saved).
-        metrics: ``{"unet": ..., "random_forest": ...}`` on the held-out blocks.
+        metrics: ``{"test": {"unet": ..., "random_forest": ...}, "validation": {...}}``:
+            test figures on the test part (seen by no choice), validation figures on the
+            blocks that chose the epoch (optimistic); ``"test"`` is absent without a test part.
+        split: the split description (``staclearn:split`` of the card and the Item).
         history: per-epoch training records.
         timings: seconds per step (``train``, ``predict``...) and ``predict_mpx_per_s``.
     """
@@ -112,8 +132,9 @@ class LandCoverResult:
     catalog: Path
     model_card: pystac.Item
     prediction: pystac.Item
-    metrics: dict[str, ClassificationMetrics]
+    metrics: dict[str, dict[str, ClassificationMetrics]]
     history: list[EpochRecord]
+    split: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -193,11 +214,44 @@ def run_landcover(
     nodata = cube.attrs.get("nodata")
     labels_da = load_label_raster(label_item, geobox, asset=config.label_asset)
     classes = labels_da.attrs["classes"]
+    names = [c.name for c in classes]
     ok = valid_mask(image, nodata)
+    dropped = int(((labels_da.values != IGNORE_INDEX) & ~ok).sum())
+    if dropped:
+        warnings.warn(
+            f"{dropped} labelled pixels of {label_item.id!r} (asset {config.label_asset!r}) fall where the imagery "
+            f"{[i.id for i in imagery]} is nodata and are dropped from training and scoring.",
+            NodataLabelsWarning,
+            stacklevel=2,
+        )
     labels = np.where(ok, labels_da.values, IGNORE_INDEX).astype(np.uint8)
-    log(f"cube {dict(cube.sizes)} bands {bands}; {int((labels != IGNORE_INDEX).sum())} labelled pixels, {len(classes)} classes")
+    log(f"cube {dict(cube.sizes)} bands {bands}; {int((labels != IGNORE_INDEX).sum())} labelled pixels, {len(classes)} classes"
+        + (f"; {dropped} labels on nodata dropped" if dropped else ""))
 
-    split = block_split(labels, block_size=config.block_size, valid_fraction=config.valid_fraction, seed=config.seed)
+    test_mask = regions_mask(config.test_regions, geobox) if config.test_regions is not None else None
+    split = block_split(
+        labels,
+        block_size=config.block_size,
+        valid_fraction=config.valid_fraction,
+        test_fraction=config.test_fraction,
+        test_mask=test_mask,
+        seed=config.split_seed,
+    )
+    has_test = bool(((split == TEST) & (labels != IGNORE_INDEX)).any())
+    split_record = split_description(
+        (
+            "test: user test regions" if test_mask is not None
+            else f"test: spatial blocks of {config.block_size} px, {config.test_fraction:.0%} of labels"
+            if has_test else "no test part"
+        )
+        + f"; validation: spatial blocks of {config.block_size} px, {config.valid_fraction:.0%} of the other labels",
+        split_seed=config.split_seed,
+        counts=part_counts(labels, split, names),
+        unit="pixels",
+        block_size=config.block_size,
+        labels_dropped_on_nodata=dropped,
+    )
+    log("labelled pixels per part: " + ", ".join(f"{k} {sum(v.values())}" for k, v in split_record["counts"].items()))
     index = export_chips(
         image,
         labels,
@@ -266,10 +320,15 @@ def run_landcover(
     timings["predict_mpx_per_s"] = class_map.size / 1e6 / timings["predict"]
 
     values = np.asarray([c.value for c in classes], dtype=np.uint8)
-    names = [c.name for c in classes]
-    held_out = (split == VALID) & (labels != IGNORE_INDEX)
-    reference = np.where(held_out, indices_to_values(labels, classes), IGNORE_INDEX).astype(np.uint8)
-    metrics = {"unet": compute_metrics(reference, class_map.values, values.tolist(), names)}
+    label_values = indices_to_values(labels, classes)
+
+    def reference(part: int) -> np.ndarray:
+        return np.where((split == part) & (labels != IGNORE_INDEX), label_values, IGNORE_INDEX).astype(np.uint8)
+
+    parts = {"test": TEST, "validation": VALID} if has_test else {"validation": VALID}
+    metrics: dict[str, dict[str, ClassificationMetrics]] = {
+        part: {"unet": compute_metrics(reference(code), class_map.values, values.tolist(), names)} for part, code in parts.items()
+    }
     if config.rf_estimators > 0:
         t3 = time.perf_counter()
         train_mask = (split == TRAIN) & (labels != IGNORE_INDEX)
@@ -277,12 +336,18 @@ def run_landcover(
             image, labels, train_mask, nodata_mask=~ok, n_estimators=config.rf_estimators, seed=config.seed
         )
         rf_map = indices_to_values(rf_idx, classes, nodata=CLASS_MAP_NODATA)
-        metrics["random_forest"] = compute_metrics(reference, rf_map, values.tolist(), names)
+        for part, code in parts.items():
+            metrics[part]["random_forest"] = compute_metrics(reference(code), rf_map, values.tolist(), names)
         write_cog(class_map.copy(data=rf_map), out / "baseline_rf.tif")
         timings["random_forest"] = time.perf_counter() - t3
-    json_path, png_path = write_report(metrics, out, name="evaluation")
-    for name, m in metrics.items():
-        log(f"{name:14s} OA {m.overall_accuracy:.3f}  kappa {m.kappa:.3f}  macro-F1 {m.macro_f1:.3f}  mIoU {m.miou:.3f}")
+    json_path, pngs = write_evaluation(metrics, out, split=split_record, name="evaluation")
+    png_path = pngs["test" if has_test else "validation"]
+    for part, results in metrics.items():
+        for name, m in results.items():
+            log(f"{part:10s} {name:14s} OA {m.overall_accuracy:.3f}  kappa {m.kappa:.3f}  macro-F1 {m.macro_f1:.3f}  mIoU {m.miou:.3f}")
+    if not has_test:
+        log("no test part: these are validation figures (the blocks that chose the epoch), optimistic")
+    card_metrics = {part: {k: summary(v) for k, v in results.items()} for part, results in metrics.items()}
 
     geometry, bbox4326 = geobox_geometry(geobox)
     hp = {
@@ -296,8 +361,10 @@ def run_landcover(
         "class_weights": config.class_weights or "none",
         "augmentation": "kornia rotation/zoom/shift/flips" if config.augment else "none",
         "seed": config.seed,
+        "split_seed": config.split_seed,
         "best_epoch": trainer.best_epoch,
-        "split": f"spatial blocks of {config.block_size} px, {config.valid_fraction:.0%} of labels held out",
+        "epoch_selection": "best validation mIoU",
+        "split": split_record["method"],
     }
     card = model_card(
         model,
@@ -308,12 +375,12 @@ def run_landcover(
         tile_size=config.predict_tile_size,
         hyperparameters=hp,
         training_items=[*imagery, label_item],
-        metrics={k: {"overall_accuracy": v.overall_accuracy, "macro_f1": v.macro_f1, "miou": v.miou, "kappa": v.kappa} for k, v in metrics.items()},
+        metrics=card_metrics,
         description=f"Land-cover {config.architecture} ({config.encoder}) for {len(bands)} bands {bands}, trained by staclearn on {label_item.id}.",
     )
     card.add_asset(
         "evaluation",
-        pystac.Asset(str(json_path.resolve()), media_type=pystac.MediaType.JSON, roles=["metadata"], title="Evaluation on held-out blocks"),
+        pystac.Asset(str(json_path.resolve()), media_type=pystac.MediaType.JSON, roles=["metadata"], title="Evaluation: test part and validation part apart"),
     )
     prediction = class_map_item(
         str((out / "class_map.tif").resolve()),
@@ -323,6 +390,9 @@ def run_landcover(
         source_items=imagery,
         model_card=card,
     )
+    card.properties["staclearn:split"] = split_record
+    prediction.properties["staclearn:metrics"] = card_metrics
+    prediction.properties["staclearn:split"] = split_record
     prediction.add_asset(
         "confusion_matrix",
         pystac.Asset(str(png_path.resolve()), media_type=pystac.MediaType.PNG, roles=["overview"], title="Confusion matrices"),
@@ -341,6 +411,7 @@ def run_landcover(
         metrics=metrics,
         history=history,
         timings=timings,
+        split=split_record,
     )
 
 
