@@ -48,16 +48,20 @@ def test_class_map_cog(nc_run):
     assert len(set(np.unique(values[~nodata_in]))) >= 3  # a real map, not one class
 
 
-def test_metrics_json_has_every_class_in_the_split(nc_run):
+def test_metrics_json_keeps_test_and_validation_apart(nc_run):
     result, _ = nc_run
     report = json.loads((result.out_dir / "evaluation.json").read_text())
-    unet, rf = report["models"]["unet"], report["models"]["random_forest"]
-    # independent count of held-out labelled pixels: labelled pixels that are not in training chips
+    assert set(report) == {"test", "validation", "split"}
+    unet, rf = report["test"]["models"]["unet"], report["test"]["models"]["random_forest"]
+    counts = report["split"]["counts"]
+    # the test figures are scored on exactly the labelled pixels of the test part
+    assert sum(unet["support"].values()) == unet["n_samples"] == rf["n_samples"] == sum(counts["test"].values()) > 300
+    assert unet["support"] == counts["test"]
+    assert report["validation"]["models"]["unet"]["support"] == counts["valid"]
     index = gpd.read_parquet(result.out_dir / "chips" / "chips.parquet")
-    assert set(index.split) == {"train", "valid"}
+    assert set(index.split) == {"train", "valid"}  # no chip of the test part
     support = {k: v for k, v in unet["support"].items() if v > 0}
-    assert len(support) >= 5  # the blocked split keeps most of the 7 classes in validation
-    assert sum(unet["support"].values()) == unet["n_samples"] == rf["n_samples"] > 300
+    assert len(support) >= 4
     for m in (unet, rf):
         cm = np.asarray(m["confusion"])
         assert m["overall_accuracy"] == pytest.approx(np.trace(cm) / m["n_samples"])
@@ -66,8 +70,12 @@ def test_metrics_json_has_every_class_in_the_split(nc_run):
     # the per-pixel RandomForest is a real baseline on these spectra
     assert rf["overall_accuracy"] > 0.55
     assert (result.out_dir / "evaluation_confusion.png").stat().st_size > 10_000
+    assert (result.out_dir / "evaluation_validation_confusion.png").stat().st_size > 10_000
     hist = json.loads((result.out_dir / "history.json").read_text())
     assert len(hist["epochs"]) == 4 and hist["epochs"][-1]["train_loss"] < hist["epochs"][0]["train_loss"]
+    # the epoch kept is the best on VALIDATION
+    best = max(hist["epochs"], key=lambda e: e["valid_miou"])
+    assert hist["best_epoch"] == best["epoch"]
 
 
 def test_published_items_load_and_validate(nc_run):
