@@ -24,7 +24,11 @@ changes with Landsat", LARS symposia): the magnitude of the per-pixel difference
 z-scored bands, thresholded where it maximises F1 on the training areas.
 
 :func:`run_change` chains it all for a catalog of pairs grouped by city (the OSCD catalog
-built by ``scripts/build_oscd_catalog.py``), split by city, so validation cities are unseen.
+built by ``scripts/build_oscd_catalog.py``), split by whole cities (:func:`split_cities`) into
+training, validation and test cities (the protocol of :mod:`staclearn.splits`): the training
+cities give the chips, class weights, normalisation statistics and the CVA threshold; the
+validation cities choose the epoch; the test cities are used for nothing but the final
+figures, and are never chipped.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from odc.geo.geobox import GeoBox
 from torch import nn
 from torch.nn import functional as F
 
-from staclearn.chips import TRAIN, VALID, ChipDataset, band_statistics, export_chips
+from staclearn.chips import ChipDataset, band_statistics, export_chips
 from staclearn.cube import band_names, load_cube, valid_mask
 from staclearn.errors import (
     AssetNotFoundError,
@@ -59,9 +63,10 @@ from staclearn.errors import (
     NoGeoreferenceError,
     NoGeoreferenceWarning,
     NoOverlapError,
+    SplitError,
     StaclearnWarning,
 )
-from staclearn.evaluate import ClassificationMetrics, compute_metrics, write_report
+from staclearn.evaluate import ClassificationMetrics, compute_metrics, summary, write_evaluation
 from staclearn.labels import (
     IGNORE_INDEX,
     ClassInfo,
@@ -86,6 +91,7 @@ from staclearn.predict import (
     write_cog,
 )
 from staclearn.search import bbox_intersects, item_time_range, open_items
+from staclearn.splits import PART_NAMES, TEST, TRAIN, VALID, part_counts, split_description
 from staclearn.train import EpochRecord, Trainer, class_weights
 
 __all__ = [
@@ -108,6 +114,8 @@ __all__ = [
     "cva_mask",
     "ChangeConfig",
     "PairItems",
+    "CitySplit",
+    "split_cities",
     "ChangeResult",
     "run_change",
     "change_mask_item",
@@ -533,11 +541,13 @@ def export_change_chips(
     Each pair is stacked with :func:`stack_pair` and cut by :func:`staclearn.chips.export_chips`
     into ``out_dir/<city>/images`` (``(2C, tile, tile) float32`` GeoTIFFs, before bands then
     after bands, NaN nodata) and ``out_dir/<city>/labels`` (0/1, 255 unlabelled and where a
-    date has no data). Whole cities go to ``"valid"``: no pixel of a validation city is in a
-    training chip.
+    date has no data). Whole cities go to ``"valid"`` (:data:`staclearn.splits.VALID`), the
+    others to ``"train"``: no pixel of a validation city is in a training chip. Test cities
+    are not chips at all: leave them out of ``pairs`` (:func:`run_change` does).
 
     Args:
-        pairs: ``{city: (before, after, labels)}`` from :func:`load_pair` / :func:`load_png_pair`.
+        pairs: ``{city: (before, after, labels)}`` from :func:`load_pair` / :func:`load_png_pair`,
+            training and validation cities only.
         out_dir: output folder; the index is ``out_dir/chips.parquet``.
         valid_cities: names in ``pairs`` whose chips form the ``"valid"`` split.
         tile_size: chip edge in pixels.
@@ -554,8 +564,8 @@ def export_change_chips(
         ``attrs["band_names"]`` lists the 2C stacked band names.
 
     Raises:
-        ConfigError: a validation city is not in ``pairs``, no city is left for training,
-            pairs mix georeferenced and non-georeferenced cubes, or a pair has no labels.
+        SplitError: a validation city is not in ``pairs``, or no city is left for training.
+        ConfigError: pairs mix georeferenced and non-georeferenced cubes, or a pair has no labels.
         LabelError: a city has no chip reaching ``min_labelled``.
     """
     import geopandas as gpd
@@ -564,9 +574,9 @@ def export_change_chips(
     valid = set(valid_cities)
     unknown = sorted(valid - set(pairs))
     if unknown:
-        raise ConfigError(f"Validation cities {unknown} are not among the pairs {sorted(pairs)}.")
+        raise SplitError(f"Validation cities {unknown} are not among the pairs {sorted(pairs)}.")
     if not set(pairs) - valid:
-        raise ConfigError(f"Every city {sorted(pairs)} is a validation city: leave at least one for training.")
+        raise SplitError(f"Every city {sorted(pairs)} is a validation city: leave at least one for training.")
     out = Path(out_dir)
     frames = []
     crs_kinds = set()
@@ -933,10 +943,33 @@ def cva_mask(magnitude: xr.DataArray, threshold: float) -> xr.DataArray:
 class ChangeConfig:
     """Settings of a change-detection run. Sizes are in pixels of the common GeoBox.
 
-    The defaults are those benchmarked by ``bench/change.py`` (OSCD, leave one city out).
+    The defaults are those benchmarked by ``bench/change.py`` (OSCD, one test city per run).
+
+    The split is by whole cities (:func:`split_cities`). The test cities are fixed first:
+    ``test_cities`` and the cities of ``test_items``, or, when neither is given, drawn with
+    ``split_seed`` from the cities not named in ``valid_cities``. The validation cities are
+    ``valid_cities``, or drawn with the same ``split_seed`` from the cities that are not test.
+    Every other city trains. So a config that names only ``valid_cities`` (the form before
+    test cities existed) still runs: its test cities are drawn from the remaining cities,
+    and it fails with :class:`~staclearn.errors.SplitError` when that leaves no training
+    city. The split depends on ``split_seed`` and the catalog's cities only, never on
+    ``seed``.
 
     Attributes:
-        valid_cities: cities held out for evaluation (never seen in training).
+        valid_cities: validation cities: they choose the epoch (``monitor``), and their
+            figures are reported apart as validation figures (optimistic). Empty: drawn.
+        test_cities: test cities: used for nothing but the final figures (no epoch
+            choice, class weights, normalisation statistics or CVA threshold; never chipped).
+        test_items: Item ids; the cities whose before, after or label Items include them are
+            test cities too (added to ``test_cities``).
+        split_seed: seed of the drawing of test and validation cities (numpy
+            ``default_rng``); independent of the training ``seed``.
+        test_fraction: share of all cities drawn as test cities when none is given
+            (rounded, at least 1); ignored when ``test_count`` is set.
+        test_count: number of test cities drawn when none is given.
+        valid_fraction: share of the non-test cities drawn as validation cities when none
+            is given (rounded, at least 1); ignored when ``valid_count`` is set.
+        valid_count: number of validation cities drawn when none is given.
         bands: bands of each date, in channel order (default: Sentinel-2 10 m + 20 m bands).
         city_property: Item property naming the city (the region a pair belongs to).
         label_asset: key of the change raster asset of the label Items.
@@ -948,24 +981,36 @@ class ChangeConfig:
         encoder: smp encoder name.
         encoder_depth: encoder stages (3 to 5).
         encoder_weights: ``None`` or ``"imagenet"`` (needs internet).
-        epochs: training epochs (no epoch selection on validation cities: the last is kept).
+        epochs: training epochs.
         lr: peak learning rate of the one-cycle schedule.
         batch_size: chips per batch.
         class_weights: ``"balanced"`` (median-frequency, :func:`staclearn.train.class_weights`),
-            ``"sqrt"`` (its square root, milder) or ``None``.
+            ``"sqrt"`` (its square root, milder) or ``None``; from the training chips only.
         dice: weight of the Dice term of :class:`ChangeLoss` (0: cross-entropy only).
         augment: kornia flips/rotation/zoom/shift, identical for both dates and the mask.
         standardize: z-score each date of each city by its own band statistics before the
             model (:func:`stack_pair`) instead of one z-score of the training chips. Off by
             default: in ``bench/change.py`` (OSCD, leave one city out) it did not help.
+        monitor: epoch record field measured on the validation chips that picks the kept
+            epoch (:meth:`staclearn.train.Trainer.fit`): ``"valid_miou"``, ``"valid_loss"``
+            or ``"valid_accuracy"``.
+        patience: stop after this many epochs without improvement of ``monitor`` on the
+            validation chips; ``None`` never stops early.
         predict_tile_size: inference tile edge, padding included.
         padding: inference context discarded on each tile side.
         probability: also write change-probability COGs.
-        seed: random seed.
+        seed: training seed (initialisation, shuffling, augmentation); not the split's.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     """
 
-    valid_cities: tuple[str, ...]
+    valid_cities: tuple[str, ...] = ()
+    test_cities: tuple[str, ...] = ()
+    test_items: tuple[str, ...] = ()
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    test_count: int | None = None
+    valid_fraction: float = 0.2
+    valid_count: int | None = None
     bands: tuple[str, ...] = S2_10M_20M
     city_property: str = "staclearn:city"
     label_asset: str = "labels"
@@ -984,6 +1029,8 @@ class ChangeConfig:
     dice: float = 0.5
     augment: bool = True
     standardize: bool = False
+    monitor: str = "valid_miou"
+    patience: int | None = None
     predict_tile_size: int = 256
     padding: int = 32
     probability: bool = False
@@ -1006,29 +1053,195 @@ class PairItems:
     labels: pystac.Item
 
 
+@dataclass(frozen=True)
+class CitySplit:
+    """Whole cities per part of a change run (:func:`split_cities`).
+
+    Attributes:
+        train: training cities (chips, class weights, normalisation, CVA threshold).
+        valid: validation cities (epoch choice; figures reported apart as validation).
+        test: test cities (final figures only; never chipped).
+        method: how the parts were made, in words (recorded in ``staclearn:split``).
+        split_seed: seed of the drawing, ``None`` when both test and validation cities were given.
+    """
+
+    train: tuple[str, ...]
+    valid: tuple[str, ...]
+    test: tuple[str, ...]
+    method: str
+    split_seed: int | None
+
+    def part_of(self, city: str) -> int:
+        """Part code (:data:`staclearn.splits.TRAIN` / ``VALID`` / ``TEST``) of ``city``.
+
+        Raises:
+            SplitError: ``city`` is in no part.
+        """
+        for code, cities in ((TRAIN, self.train), (VALID, self.valid), (TEST, self.test)):
+            if city in cities:
+                return code
+        raise SplitError(f"City {city!r} is in no part of the split {self.as_dict()}.")
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """``{"train": [...], "valid": [...], "test": [...]}`` (names of :data:`staclearn.splits.PART_NAMES`)."""
+        return {PART_NAMES[TRAIN]: list(self.train), PART_NAMES[VALID]: list(self.valid), PART_NAMES[TEST]: list(self.test)}
+
+
+def _listing(names: Iterable[str], limit: int = 40) -> str:
+    names = sorted(names)
+    more = f" ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return f"{names[:limit]}{more}"
+
+
+def _draw_count(what: str, fraction: float, count: int | None, n: int) -> int:
+    if count is not None:
+        if count < 1:
+            raise SplitError(f"{what}_count must be at least 1, got {count}; name the cities instead to fix them.")
+        return count
+    if not 0.0 < fraction < 1.0:
+        raise SplitError(f"{what}_fraction is a share of the cities in (0, 1), got {fraction}.")
+    return max(1, round(fraction * n))
+
+
+def split_cities(
+    groups: Mapping[str, PairItems],
+    *,
+    test_cities: Sequence[str] = (),
+    test_items: Sequence[str] = (),
+    valid_cities: Sequence[str] = (),
+    split_seed: int = 0,
+    test_fraction: float = 0.2,
+    test_count: int | None = None,
+    valid_fraction: float = 0.2,
+    valid_count: int | None = None,
+) -> CitySplit:
+    """Split cities into training, validation and test cities (whole cities, never pixels).
+
+    The test cities are fixed first: ``test_cities`` plus the cities whose before, after or
+    label Items have an id in ``test_items``; when both are empty, ``test_count`` cities
+    (default ``round(test_fraction * n_cities)``, at least 1) are drawn from the cities not
+    in ``valid_cities``. The validation cities are ``valid_cities``, or ``valid_count``
+    (default ``round(valid_fraction * n_non_test)``, at least 1) cities drawn from the non-test
+    cities. Draws use ``numpy.random.default_rng(split_seed)`` over the sorted city names,
+    test first then validation, so the split depends on nothing but the cities and
+    ``split_seed``. Every remaining city trains.
+
+    Args:
+        groups: ``{city: PairItems}`` of the catalog (every city with two dates and a label Item).
+        test_cities: test city names.
+        test_items: Item ids marking their cities as test.
+        valid_cities: validation city names.
+        split_seed: seed of the draws.
+        test_fraction: share of all cities drawn as test, in (0, 1).
+        test_count: number of test cities drawn (overrides ``test_fraction``).
+        valid_fraction: share of the non-test cities drawn as validation, in (0, 1).
+        valid_count: number of validation cities drawn (overrides ``valid_fraction``).
+
+    Returns:
+        A :class:`CitySplit` with sorted city names per part.
+
+    Raises:
+        SplitError: an unknown city or Item id (the message names what was asked and lists
+            the catalog's cities or Item ids), a city both test and validation, a bad
+            count or fraction, too few cities to draw from, or no city left for training.
+    """
+    cities = sorted(groups)
+    asked = {"test_cities": list(test_cities), "valid_cities": list(valid_cities)}
+    for what, names in asked.items():
+        unknown = sorted(set(names) - set(cities))
+        if unknown:
+            raise SplitError(f"{what} {unknown} are not cities of the catalog; its cities are {cities}.")
+    owner = {i.id: city for city, g in groups.items() for i in (*g.before, *g.after, g.labels)}
+    unknown_items = sorted(set(test_items) - set(owner))
+    if unknown_items:
+        raise SplitError(
+            f"test_items {unknown_items} are not before, after or label Items of any city; the catalog's "
+            f"Items are {_listing(owner)}."
+        )
+    given_test = set(test_cities) | {owner[i] for i in test_items}
+    both = sorted(given_test & set(valid_cities))
+    if both:
+        raise SplitError(f"Cities {both} are asked as both test and validation cities; a city is in one part only.")
+    rng = np.random.default_rng(split_seed)
+    drawn = []
+    if given_test:
+        test = sorted(given_test)
+    else:
+        pool = [c for c in cities if c not in set(valid_cities)]
+        n = _draw_count("test", test_fraction, test_count, len(cities))
+        if n > len(pool) - (0 if valid_cities else 1) - 1:
+            raise SplitError(
+                f"Cannot draw {n} test cities from {pool} (validation cities {sorted(valid_cities)}) and keep a "
+                f"validation and a training city; the catalog has {len(cities)} cities {cities}. Name test_cities, "
+                "lower test_count, or use a catalog with more cities."
+            )
+        test = sorted(str(c) for c in rng.choice(pool, size=n, replace=False))
+        drawn.append("test")
+    rest = [c for c in cities if c not in set(test)]
+    if valid_cities:
+        valid = sorted(valid_cities)
+    else:
+        n = _draw_count("valid", valid_fraction, valid_count, len(rest))
+        if n > len(rest) - 1:
+            raise SplitError(
+                f"Cannot draw {n} validation cities from the non-test cities {rest} and keep a training city "
+                f"(test cities {test}). Name valid_cities, lower valid_count, or use a catalog with more cities."
+            )
+        valid = sorted(str(c) for c in rng.choice(rest, size=n, replace=False))
+        drawn.append("validation")
+    train = [c for c in rest if c not in set(valid)]
+    if not train:
+        raise SplitError(
+            f"Test cities {test} and validation cities {valid} leave no training city among {cities}; "
+            "leave at least one city for training."
+        )
+    if drawn:
+        method = f"whole cities; {' and '.join(drawn)} cities drawn with split_seed"
+        if "test" not in drawn:
+            method += ", test cities given"
+        elif valid_cities:
+            method += ", validation cities given"
+    else:
+        method = "whole cities; test and validation cities given"
+    return CitySplit(tuple(train), tuple(valid), tuple(test), method, split_seed if drawn else None)
+
+
 @dataclass
 class ChangeResult:
     """What a change run produced.
 
+    Figures are :class:`~staclearn.evaluate.ClassificationMetrics` of the whole city's change
+    mask against its labels (0 no change / 1 change, 255 unlabelled left out), per city as
+    ``{city: {"model": ..., "cva": ...}}`` and pooled over the cities of a part as
+    ``{"model": ..., "cva": ...}``. Only the test figures are measured on cities that no
+    choice has seen; the validation figures come from the cities that chose the epoch.
+
     Attributes:
         out_dir: the run folder.
-        model: the trained model (eval mode), ``model.spec`` its ModelSpec.
+        model: the trained model (eval mode, weights of the epoch chosen on the validation
+            cities), ``model.spec`` its ModelSpec.
         weights: ``model/weights.safetensors``.
         spec: ``model/spec.json`` (``ModelSpec.to_dict()``, for :func:`load_change_model`).
-        chips: the chip index ``chips/chips.parquet``.
-        change_masks: ``{city: change_<city>.tif}`` COGs of the validation cities.
-        probabilities: ``{city: change_probability_<city>.tif}`` (only with ``config.probability``).
-        cva_masks: ``{city: cva_<city>.tif}`` COGs of the CVA baseline.
-        metrics: ``{city: {"model": ..., "cva": ...}}`` per validation city.
+        chips: the chip index ``chips/chips.parquet`` (training and validation cities only).
+        change_masks: ``{city: change_<city>.tif}`` COGs of the test cities.
+        probabilities: ``{city: change_probability_<city>.tif}`` of the test cities (only
+            with ``config.probability``).
+        cva_masks: ``{city: cva_<city>.tif}`` COGs of the CVA baseline on the test cities.
+        test_metrics: per test city, model and CVA.
+        test_pooled: model and CVA over all test pixels together.
+        valid_metrics: per validation city, model and CVA (optimistic: they chose the epoch).
+        valid_pooled: model and CVA over all validation pixels together.
         cva_threshold: CVA magnitude threshold chosen on the training cities.
         cva_train_f1: F1 of change of that threshold on the training cities.
-        evaluation: ``evaluation.json`` (every city, model and CVA side by side).
-        source_items: ``{city: PairItems}`` for every city (training and validation).
-        valid_cities: the validation cities.
-        history: per-epoch training records.
+        evaluation: ``evaluation.json`` (``"test"``, ``"validation"`` and ``"split"`` apart).
+        source_items: ``{city: PairItems}`` for every city.
+        split: the cities of each part (:class:`CitySplit`).
+        split_record: the ``staclearn:split`` record (:func:`staclearn.splits.split_description`)
+            with change / no-change pixel counts per part.
+        history: per-epoch training records (with the validation chips' figures).
         catalog: ``catalog.json`` of the published run (MLM card + change-mask Items).
         model_card: the MLM card Item.
-        items: ``{city: change-mask Item}`` of the validation cities.
+        items: ``{city: change-mask Item}`` of the test cities.
         timings: seconds per step.
     """
 
@@ -1040,17 +1253,36 @@ class ChangeResult:
     change_masks: dict[str, Path]
     probabilities: dict[str, Path]
     cva_masks: dict[str, Path]
-    metrics: dict[str, dict[str, ClassificationMetrics]]
+    test_metrics: dict[str, dict[str, ClassificationMetrics]]
+    test_pooled: dict[str, ClassificationMetrics]
+    valid_metrics: dict[str, dict[str, ClassificationMetrics]]
+    valid_pooled: dict[str, ClassificationMetrics]
     cva_threshold: float
     cva_train_f1: float
     evaluation: Path
     source_items: dict[str, PairItems]
-    valid_cities: tuple[str, ...]
+    split: CitySplit
+    split_record: dict[str, Any]
     history: list[EpochRecord]
     catalog: Path | None = None
     model_card: pystac.Item | None = None
     items: dict[str, pystac.Item] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def test_cities(self) -> tuple[str, ...]:
+        """The test cities."""
+        return self.split.test
+
+    @property
+    def valid_cities(self) -> tuple[str, ...]:
+        """The validation cities."""
+        return self.split.valid
+
+    @property
+    def train_cities(self) -> tuple[str, ...]:
+        """The training cities."""
+        return self.split.train
 
 
 def _is_label_item(item: pystac.Item) -> bool:
@@ -1101,34 +1333,48 @@ def run_change(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ChangeResult:
-    """Train a change model on some cities and evaluate it, with CVA, on unseen cities.
+    """Train a change model on training cities, choose its epoch on validation cities and
+    evaluate it, with CVA, on test cities.
 
     Steps: Items grouped by ``config.city_property`` (per city two dates and one label
-    Item) -> :func:`load_pair` on each city's 10 m grid -> :func:`export_change_chips` split
-    by city -> :class:`staclearn.train.Trainer` with :class:`ChangeLoss` (validation cities
-    are never shown to the trainer, so no epoch is chosen on them) -> :func:`predict_change`
-    on each validation city -> :func:`staclearn.evaluate.compute_metrics` of the model and of
-    CVA (threshold fitted on the training cities), side by side.
+    Item) -> :func:`split_cities` (whole cities: train / validation / test, see
+    :class:`ChangeConfig`) -> :func:`load_pair` on each city's 10 m grid ->
+    :func:`export_change_chips` of the training (``"train"``) and validation (``"valid"``)
+    cities only -> :class:`staclearn.train.Trainer` with :class:`ChangeLoss` (class weights
+    and normalisation statistics from the training chips; the epoch kept by
+    ``config.monitor`` on the validation chips, early stopping with ``config.patience``) ->
+    CVA threshold fitted on the training cities -> :func:`predict_change` on each whole
+    validation and test city -> :func:`staclearn.evaluate.compute_metrics` of the model and of
+    CVA, per city and pooled per part. The test cities are used for nothing but those
+    final figures.
 
     Args:
         catalog: STAC catalog path / URL or Items (see :func:`staclearn.search.open_items`),
             e.g. ``catalogs/oscd/catalog.json``.
         out_dir: run folder; receives ``chips/``, ``model/weights.safetensors`` +
-            ``model/spec.json``, ``change_<city>.tif`` (uint8 COG, 0/1, nodata 255),
-            ``cva_<city>.tif``, optionally ``change_probability_<city>.tif``,
-            ``evaluation.json`` + ``evaluation_confusion.png``, ``history.json``, ``timings.json``
-            and the published ``catalog.json`` -> ``<run>/collection.json`` -> Items.
-        config: settings; ``config.valid_cities`` must name at least one city of the catalog.
+            ``model/spec.json``, per test city ``change_<city>.tif`` (uint8 COG, 0/1, nodata
+            255), ``cva_<city>.tif`` and optionally ``change_probability_<city>.tif``;
+            ``evaluation.json`` (``{"test": ..., "validation": ..., "split": ...}``, see
+            :func:`staclearn.evaluate.write_evaluation`; model ``"<city> <fusion>"`` /
+            ``"<city> cva"`` per city and ``"pooled <fusion>"`` / ``"pooled cva"``) with
+            ``evaluation_confusion.png`` (test) and ``evaluation_validation_confusion.png``,
+            ``history.json``, ``timings.json`` and the published ``catalog.json`` ->
+            ``<run>/collection.json`` -> Items.
+        config: settings, including the split (:class:`ChangeConfig`).
         progress: tqdm progress bars while training.
         log: where step messages go.
 
     Returns:
         A :class:`ChangeResult`. ``out_dir/catalog.json`` is a static catalog with the MLM
-        card (both dates in ``mlm:input``) and one change-mask Item per validation city
-        (:func:`change_mask_item`), which validate offline (:mod:`staclearn.validate`).
+        card (both dates in ``mlm:input``; ``staclearn:metrics`` ``{"test": ...,
+        "validation": ...}`` and ``staclearn:split``) and one change-mask Item per test city
+        (:func:`change_mask_item`, with its city's test figures and the split record), which
+        validate offline (:mod:`staclearn.validate`).
 
     Raises:
-        ConfigError: no or unknown validation city, no training city, bad settings.
+        SplitError: unknown city or Item id, a city asked for two parts, or too few cities
+            for a training, a validation and a test part (:func:`split_cities`).
+        ConfigError: bad settings (fusion, monitor...).
         NoItemsFoundError: a city lacks two dates or its label Item.
         plus the errors of :func:`load_pair` and the training / prediction steps.
     """
@@ -1136,17 +1382,15 @@ def run_change(
     timings: dict[str, float] = {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not config.valid_cities:
-        raise ConfigError("ChangeConfig.valid_cities is empty: name the cities held out for evaluation.")
     if config.fusion not in FUSIONS:
         raise ConfigError(f"fusion must be one of {FUSIONS}, got {config.fusion!r}")
     groups = _group_pairs(open_items(catalog), config.city_property)
-    unknown = sorted(set(config.valid_cities) - set(groups))
-    if unknown:
-        raise ConfigError(f"Validation cities {unknown} are not in the catalog; its cities are {sorted(groups)}.")
-    train_cities = [c for c in groups if c not in config.valid_cities]
-    if not train_cities:
-        raise ConfigError(f"Every city {sorted(groups)} is a validation city: leave at least one for training.")
+    split = split_cities(
+        groups, test_cities=config.test_cities, test_items=config.test_items, valid_cities=config.valid_cities,
+        split_seed=config.split_seed, test_fraction=config.test_fraction, test_count=config.test_count,
+        valid_fraction=config.valid_fraction, valid_count=config.valid_count,
+    )
+    log(f"split ({split.method}): train {list(split.train)}, validation {list(split.valid)}, test {list(split.test)}")
     bands = list(config.bands)
 
     pairs: dict[str, tuple[xr.DataArray, xr.DataArray, xr.DataArray]] = {}
@@ -1157,13 +1401,14 @@ def run_change(
         assert labels is not None  # label_item given
         pairs[city] = (before.load(), after.load(), labels)
         log(f"{city}: {g.before[0].id} -> {g.after[0].id}, grid {tuple(labels.shape)}, {int((labels == 1).sum())} change px")
+    # test cities are never chipped: no pixel of theirs reaches training, validation or the statistics
     index = export_change_chips(
-        pairs, out / "chips", valid_cities=config.valid_cities, tile_size=config.tile_size, stride=config.stride,
-        min_labelled=config.min_labelled, standardize=config.standardize,
+        {c: pairs[c] for c in (*split.train, *split.valid)}, out / "chips", valid_cities=split.valid,
+        tile_size=config.tile_size, stride=config.stride, min_labelled=config.min_labelled, standardize=config.standardize,
     )
     index_path = out / "chips" / "chips.parquet"
-    log(f"{int((index.split == 'train').sum())} training chips ({', '.join(train_cities)}), "
-        f"{int((index.split == 'valid').sum())} validation chips ({', '.join(config.valid_cities)})")
+    log(f"{int((index.split == 'train').sum())} training chips ({', '.join(split.train)}), "
+        f"{int((index.split == 'valid').sum())} validation chips ({', '.join(split.valid)})")
     timings["prepare"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -1173,25 +1418,28 @@ def run_change(
         encoder_weights=config.encoder_weights, encoder_depth=config.encoder_depth, standardize=config.standardize,
     )
     train_ds = ChipDataset(index_path, "train", fill=mean)
+    valid_ds = ChipDataset(index_path, "valid", fill=mean)
     loss = ChangeLoss(_weights(train_ds, config.class_weights), dice=config.dice)
     trainer = Trainer(
-        model, train_ds, None, num_classes=len(CHANGE_CLASSES), batch_size=config.batch_size, loss=loss,
+        model, train_ds, valid_ds, num_classes=len(CHANGE_CLASSES), batch_size=config.batch_size, loss=loss,
         augment=config.augment, device=config.device, seed=config.seed,
     )
     history = trainer.fit(
-        config.epochs, config.lr, progress=progress,
-        on_epoch=lambda r: log(f"epoch {r.epoch:3d}  train_loss {r.train_loss:.4f}  ({r.seconds:.1f} s)"),
+        config.epochs, config.lr, progress=progress, keep_best=True, monitor=config.monitor, patience=config.patience,
+        on_epoch=lambda r: log(
+            f"epoch {r.epoch:3d}  train_loss {r.train_loss:.4f}  valid_miou {r.valid_miou:.4f}  ({r.seconds:.1f} s)"
+        ),
     )
     timings["train"] = time.perf_counter() - t1
     weights = save_weights(model, out / "model" / "weights.safetensors")
     spec_path = out / "model" / "spec.json"
     _write_json(spec_path, model.spec.to_dict())  # type: ignore[union-attr]
-    _write_json(out / "history.json", {"epochs": trainer.history_table()})
+    _write_json(out / "history.json", {"epochs": trainer.history_table(), "monitor": config.monitor})
 
     t2 = time.perf_counter()
     magnitudes = {city: change_vector_magnitude(b, a) for city, (b, a, _) in pairs.items()}
     threshold, train_f1 = fit_cva_threshold(
-        [magnitudes[c].values for c in train_cities], [pairs[c][2].values for c in train_cities]
+        [magnitudes[c].values for c in split.train], [pairs[c][2].values for c in split.train]
     )
     log(f"CVA threshold {threshold:.3f} (F1 {train_f1:.3f} on the training cities)")
     timings["cva"] = time.perf_counter() - t2
@@ -1199,35 +1447,58 @@ def run_change(
     t3 = time.perf_counter()
     names = [c.name for c in CHANGE_CLASSES]
     values = [c.value for c in CHANGE_CLASSES]
-    metrics: dict[str, dict[str, ClassificationMetrics]] = {}
     masks: dict[str, Path] = {}
     predicted: dict[str, xr.DataArray] = {}
     probs: dict[str, Path] = {}
     cvas: dict[str, Path] = {}
-    for city in config.valid_cities:
-        before, after, labels = pairs[city]
-        masks[city] = out / f"change_{city}.tif"
-        prob_path = out / f"change_probability_{city}.tif" if config.probability else None
-        pred = predict_change(
-            model, before, after, tile_size=config.predict_tile_size, padding=config.padding,
-            batch_size=max(1, config.batch_size // 4), device=config.device, out_path=masks[city], prob_path=prob_path,
-        )
-        predicted[city] = pred.mask
-        if prob_path is not None:
-            probs[city] = prob_path
-        cva = cva_mask(magnitudes[city], threshold)
-        cvas[city] = write_cog(cva, out / f"cva_{city}.tif")
-        reference = np.asarray(labels.values)
-        metrics[city] = {
-            "model": compute_metrics(reference, pred.mask.values, values, names),
-            "cva": compute_metrics(reference, cva.values, values, names),
+    per_city: dict[str, dict[str, dict[str, ClassificationMetrics]]] = {"test": {}, "validation": {}}
+    pooled: dict[str, dict[str, ClassificationMetrics]] = {}
+    for part, cities in (("validation", split.valid), ("test", split.test)):
+        refs, preds, cva_preds = [], [], []
+        for city in cities:
+            before, after, labels = pairs[city]
+            is_test = part == "test"
+            mask_path = out / f"change_{city}.tif" if is_test else None
+            prob_path = out / f"change_probability_{city}.tif" if is_test and config.probability else None
+            pred = predict_change(
+                model, before, after, tile_size=config.predict_tile_size, padding=config.padding,
+                batch_size=max(1, config.batch_size // 4), device=config.device, out_path=mask_path, prob_path=prob_path,
+            )
+            cva = cva_mask(magnitudes[city], threshold)
+            if is_test:
+                masks[city] = mask_path  # type: ignore[assignment]
+                predicted[city] = pred.mask
+                if prob_path is not None:
+                    probs[city] = prob_path
+                cvas[city] = write_cog(cva, out / f"cva_{city}.tif")
+            reference = np.asarray(labels.values)
+            per_city[part][city] = {
+                "model": compute_metrics(reference, pred.mask.values, values, names),
+                "cva": compute_metrics(reference, cva.values, values, names),
+            }
+            refs.append(reference.ravel())
+            preds.append(np.asarray(pred.mask.values).ravel())
+            cva_preds.append(np.asarray(cva.values).ravel())
+            m, c = per_city[part][city]["model"], per_city[part][city]["cva"]
+            log(f"{part} {city}: F1(change) {config.fusion} {m.f1['change']:.3f}  CVA {c.f1['change']:.3f}")
+        ref = np.concatenate(refs)
+        pooled[part] = {
+            "model": compute_metrics(ref, np.concatenate(preds), values, names),
+            "cva": compute_metrics(ref, np.concatenate(cva_preds), values, names),
         }
-        m, c = metrics[city]["model"], metrics[city]["cva"]
-        log(f"{city}: F1(change) {config.fusion} {m.f1['change']:.3f}  CVA {c.f1['change']:.3f}")
     timings["predict_evaluate"] = time.perf_counter() - t3
-    report = {f"{city} {config.fusion}" if k == "model" else f"{city} cva": v for city, d in metrics.items() for k, v in d.items()}
-    json_path, png_path = write_report(report, out, name="evaluation")
-    card, items = _publish_run(out, model, config, groups, train_cities, metrics, masks, predicted, probs, json_path, png_path)
+    record = _split_record(split, pairs, names)
+    parts = {
+        part: {
+            **{f"{city} {config.fusion if k == 'model' else 'cva'}": v for city, d in per_city[part].items() for k, v in d.items()},
+            **{f"pooled {config.fusion if k == 'model' else 'cva'}": v for k, v in pooled[part].items()},
+        }
+        for part in ("test", "validation")
+    }
+    json_path, pngs = write_evaluation(parts, out, split=record, name="evaluation")
+    card, items = _publish_run(
+        out, model, config, groups, split, record, per_city, pooled, masks, predicted, probs, json_path, pngs
+    )
     timings["total"] = time.perf_counter() - t0
     _write_json(out / "timings.json", timings)
     return ChangeResult(
@@ -1239,12 +1510,16 @@ def run_change(
         change_masks=masks,
         probabilities=probs,
         cva_masks=cvas,
-        metrics=metrics,
+        test_metrics=per_city["test"],
+        test_pooled=pooled["test"],
+        valid_metrics=per_city["validation"],
+        valid_pooled=pooled["validation"],
         cva_threshold=threshold,
         cva_train_f1=train_f1,
         evaluation=json_path,
         source_items=groups,
-        valid_cities=tuple(config.valid_cities),
+        split=split,
+        split_record=record,
         history=history,
         catalog=out / "catalog.json",
         model_card=card,
@@ -1253,25 +1528,59 @@ def run_change(
     )
 
 
+def _split_record(
+    split: CitySplit, pairs: Mapping[str, tuple[xr.DataArray, xr.DataArray, xr.DataArray]], class_names: Sequence[str]
+) -> dict[str, Any]:
+    """``staclearn:split``: labelled change / no-change pixels per part and the cities of each part."""
+    labels = [np.asarray(pairs[c][2].values).ravel() for c in pairs]
+    codes = [np.full(lab.shape, split.part_of(c), dtype=np.uint8) for c, lab in zip(pairs, labels, strict=True)]
+    counts = part_counts(np.concatenate(labels), np.concatenate(codes), class_names, ignore_index=IGNORE_INDEX)
+    return split_description(split.method, split_seed=split.split_seed, counts=counts, unit="pixels", cities=split.as_dict())
+
+
+def _figures(d: Mapping[str, ClassificationMetrics]) -> dict[str, dict[str, Any]]:
+    """Headline figures (:func:`staclearn.evaluate.summary`) plus the change class's, per model (``None`` for NaN)."""
+
+    def num(x: float) -> float | None:
+        return None if np.isnan(x) else float(x)
+
+    return {
+        k: {
+            **summary(m),
+            "f1_change": num(m.f1["change"]),
+            "precision_change": num(m.precision["change"]),
+            "recall_change": num(m.recall["change"]),
+            "iou_change": num(m.iou["change"]),
+        }
+        for k, m in d.items()
+    }
+
+
 def _publish_run(
     out: Path,
     model: nn.Module,
     config: ChangeConfig,
     groups: Mapping[str, PairItems],
-    train_cities: Sequence[str],
-    metrics: Mapping[str, Mapping[str, ClassificationMetrics]],
+    split: CitySplit,
+    record: Mapping[str, Any],
+    per_city: Mapping[str, Mapping[str, Mapping[str, ClassificationMetrics]]],
+    pooled: Mapping[str, Mapping[str, ClassificationMetrics]],
     masks: Mapping[str, Path],
     predicted: Mapping[str, xr.DataArray],
     probs: Mapping[str, Path],
     evaluation_json: Path,
-    confusion_png: Path,
+    confusion_pngs: Mapping[str, Path],
 ) -> tuple[pystac.Item, dict[str, pystac.Item]]:
-    """Write the MLM card and one change-mask Item per validation city into ``out/catalog.json``."""
+    """Write the MLM card and one change-mask Item per test city into ``out/catalog.json``."""
     from staclearn.modelcard import model_card
     from staclearn.publish import write_catalog
 
     run_id = out.resolve().name
-    training = [i for c in train_cities for i in (*groups[c].before, *groups[c].after, groups[c].labels)]
+    training = [i for c in split.train for i in (*groups[c].before, *groups[c].after, groups[c].labels)]
+    metrics = {
+        part: {**{city: _figures(d) for city, d in per_city[part].items()}, "pooled": _figures(pooled[part])}
+        for part in ("test", "validation")
+    }
     card = model_card(
         model,  # type: ignore[arg-type]
         str((out / "model" / "weights.safetensors").resolve()),
@@ -1291,33 +1600,45 @@ def _publish_run(
             else "none",
             "resampling": config.resampling,
             "seed": config.seed,
-            "split": f"by city; training cities {list(train_cities)}, validation cities {list(config.valid_cities)}",
+            "split_seed": config.split_seed,
+            "epoch_selection": f"best {config.monitor} on the validation chips"
+            + (f", early stopping after {config.patience} epochs" if config.patience else ""),
+            "split": (
+                f"by city; training cities {list(split.train)}, validation cities {list(split.valid)}, "
+                f"test cities {list(split.test)}"
+            ),
         },
         training_items=training,
-        metrics={
-            city: {k: {"f1_change": m.f1["change"], "precision_change": m.precision["change"], "recall_change": m.recall["change"], "iou_change": m.iou["change"]} for k, m in d.items()}
-            for city, d in metrics.items()
-        },
+        metrics=metrics,
         description=(
             f"Change detection ({config.fusion} fusion, U-Net {config.encoder}) on pairs of {len(config.bands)} bands "
-            f"{list(config.bands)}, trained by staclearn on {', '.join(train_cities)}. Output: 0 no change, 1 change."
+            f"{list(config.bands)}, trained by staclearn on {', '.join(split.train)} (epoch chosen on "
+            f"{', '.join(split.valid)}; tested on {', '.join(split.test)}). Output: 0 no change, 1 change."
         ),
     )
+    card.properties["staclearn:split"] = dict(record)
     card.add_asset(
         "evaluation",
-        pystac.Asset(str(evaluation_json.resolve()), media_type=pystac.MediaType.JSON, roles=["metadata"], title="Evaluation on held-out cities (model and CVA)"),
+        pystac.Asset(
+            str(evaluation_json.resolve()), media_type=pystac.MediaType.JSON, roles=["metadata"],
+            title="Evaluation on test cities and, apart, validation cities (model and CVA)",
+        ),
     )
-    card.add_asset(
-        "confusion_matrix",
-        pystac.Asset(str(confusion_png.resolve()), media_type=pystac.MediaType.PNG, roles=["overview"], title="Confusion matrices"),
-    )
+    for part, png in confusion_pngs.items():
+        card.add_asset(
+            "confusion_matrix" if part == "test" else f"confusion_matrix_{part}",
+            pystac.Asset(str(png.resolve()), media_type=pystac.MediaType.PNG, roles=["overview"], title=f"Confusion matrices ({part})"),
+        )
     items = {}
     for city, path in masks.items():
         g = groups[city]
-        items[city] = change_mask_item(
+        item = change_mask_item(
             str(path.resolve()), predicted[city], id=f"{run_id}-change-{city}", before=g.before, after=g.after, model_card=card,
             probability_href=str(probs[city].resolve()) if city in probs else None,
         )
+        item.properties["staclearn:metrics"] = {"test": metrics["test"][city]}
+        item.properties["staclearn:split"] = dict(record)
+        items[city] = item
     write_catalog([card, *items.values()], out, id=run_id, description="staclearn change-detection run")
     return card, items
 

@@ -208,7 +208,14 @@ def damage_run(
 def change_run(
     catalog: Annotated[str, typer.Option(help="STAC catalog with per-city before/after imagery Items and one label Item each")] = "catalogs/oscd/catalog.json",
     out: Annotated[Path, typer.Option(help="run folder for chips, model, change masks, report and STAC catalog")] = Path("runs/change"),
-    valid_cities: Annotated[Optional[list[str]], typer.Option("--valid-city", help="city held out for evaluation (repeatable)")] = None,
+    test_cities: Annotated[Optional[list[str]], typer.Option("--test-city", help="test city: used only for the final figures, never for training or choices (repeatable; default: drawn with --split-seed)")] = None,
+    test_items: Annotated[Optional[list[str]], typer.Option("--test-item", help="Item id; the city of its before/after/label Items is a test city (repeatable)")] = None,
+    valid_cities: Annotated[Optional[list[str]], typer.Option("--valid-city", help="validation city: chooses the epoch, reported apart (repeatable; default: drawn from the non-test cities)")] = None,
+    split_seed: Annotated[int, typer.Option(help="seed of the drawing of test / validation cities (independent of --seed)")] = 0,
+    test_fraction: Annotated[float, typer.Option(help="share of the cities drawn as test cities when none is named (at least 1)")] = 0.2,
+    test_count: Annotated[Optional[int], typer.Option(help="number of test cities drawn when none is named (overrides --test-fraction)")] = None,
+    valid_fraction: Annotated[float, typer.Option(help="share of the non-test cities drawn as validation cities when none is named (at least 1)")] = 0.2,
+    valid_count: Annotated[Optional[int], typer.Option(help="number of validation cities drawn when none is named (overrides --valid-fraction)")] = None,
     bands: Annotated[Optional[list[str]], typer.Option("--band", help="band of each date (repeatable; default S2 10 m + 20 m)")] = None,
     city_property: Annotated[str, typer.Option(help="Item property naming the city")] = "staclearn:city",
     fusion: Annotated[str, typer.Option(help="early (FC-EF) or siam-diff (FC-Siam-diff)")] = "early",
@@ -220,26 +227,31 @@ def change_run(
     batch_size: Annotated[int, typer.Option(help="chips per batch")] = 16,
     dice: Annotated[float, typer.Option(help="weight of the Dice(change) loss term")] = 0.5,
     probability: Annotated[bool, typer.Option(help="also write change-probability COGs")] = False,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    patience: Annotated[Optional[int], typer.Option(help="stop after this many epochs without a better validation mIoU")] = None,
+    seed: Annotated[int, typer.Option(help="training seed (initialisation, shuffling, augmentation); not the split's")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
 ) -> None:
-    """Train a change model on some cities, predict and evaluate (with a CVA baseline) on the
-    held-out cities, and publish the MLM card and one change-mask Item per held-out city."""
+    """Train a change model on training cities, choose its epoch on validation cities, evaluate
+    it (with a CVA baseline) on test cities, and publish the MLM card and one change-mask Item
+    per test city. Whole cities: test cities (--test-city / --test-item, else drawn with
+    --split-seed) are used for nothing but the final figures; validation cities (--valid-city,
+    else drawn from the rest) choose the epoch and are reported apart; the others train."""
     from staclearn.change import S2_10M_20M, ChangeConfig, run_change
 
-    if not valid_cities:
-        raise typer.BadParameter("name at least one --valid-city held out for evaluation")
     try:
         config = ChangeConfig(
-            valid_cities=tuple(valid_cities), bands=tuple(bands) if bands else S2_10M_20M, city_property=city_property,
+            valid_cities=tuple(valid_cities or ()), test_cities=tuple(test_cities or ()), test_items=tuple(test_items or ()),
+            split_seed=split_seed, test_fraction=test_fraction, test_count=test_count, valid_fraction=valid_fraction,
+            valid_count=valid_count, bands=tuple(bands) if bands else S2_10M_20M, city_property=city_property,
             fusion=fusion, encoder=encoder, tile_size=tile_size, stride=stride, epochs=epochs, lr=lr,
-            batch_size=batch_size, dice=dice, probability=probability, seed=seed, device=device,
+            batch_size=batch_size, dice=dice, probability=probability, patience=patience, seed=seed, device=device,
         )
         result = run_change(catalog, out, config)
     except StaclearnError as err:
         _fail(err)
-    for city, m in result.metrics.items():
-        typer.echo(f"{city}: F1(change) model {m['model'].f1['change']:.3f}  CVA {m['cva'].f1['change']:.3f}")
+    for part, per_city, pooled in (("validation", result.valid_metrics, result.valid_pooled), ("test", result.test_metrics, result.test_pooled)):
+        for city, m in {**per_city, "pooled": pooled}.items():
+            typer.echo(f"{part} {city}: F1(change) model {m['model'].f1['change']:.3f}  CVA {m['cva'].f1['change']:.3f}")
     typer.echo(f"report:    {result.evaluation}\ncatalog:   {result.catalog}")
 
 
