@@ -1,8 +1,10 @@
 """Build the static STAC catalog ``catalogs/xbd-santarosa`` for the xBD Santa Rosa tiles.
 
-The data are 6 tiles of the 2017 Santa Rosa wildfire from xBD (Gupta et al. 2019, CC BY-NC-SA
-4.0) in ``../shared/data/damage/xbd_santarosa``: pre- and post-disaster RGB GeoTIFFs
-(EPSG:4326, ~0.45 m) and the original xBD label JSON per tile and date.
+The data are the tiles of the 2017 Santa Rosa wildfire from xBD (Gupta et al. 2019, CC BY-NC-SA
+4.0) in ``../shared/data/damage/xbd_santarosa`` (33 tiles, 2365 buildings): pre- and
+post-disaster RGB GeoTIFFs (EPSG:4326, ~0.45 m) and the original xBD label JSON per tile and
+date. Every tile of the folder is catalogued: a tile is a ``labels/<tile>_post_disaster.json``
+with its ``images/<tile>_{pre,post}_disaster.tif`` and ``labels/<tile>_pre_disaster.json``.
 
 Usage::
 
@@ -98,18 +100,39 @@ def _label_item(tile: str, label_json: Path, post: pystac.Item, out_dir: Path) -
     return item
 
 
+def find_tiles(data_dir: Path) -> list[str]:
+    """Every tile id of the folder (sorted), checking that each has its four files.
+
+    Raises:
+        FileNotFoundError: no ``labels/*_post_disaster.json``, or a tile missing a file.
+    """
+    tiles = sorted(p.name.removesuffix("_post_disaster.json") for p in (data_dir / "labels").glob("*_post_disaster.json"))
+    if not tiles:
+        raise FileNotFoundError(f"No labels/*_post_disaster.json in {data_dir}; pass --data-dir (the xBD folder).")
+    for tile in tiles:
+        for rel in (f"images/{tile}_pre_disaster.tif", f"images/{tile}_post_disaster.tif", f"labels/{tile}_pre_disaster.json"):
+            if not (data_dir / rel).exists():
+                raise FileNotFoundError(f"Tile {tile!r} lacks {data_dir / rel}; every tile needs pre/post images and labels.")
+    return tiles
+
+
 def build(data_dir: Path, out_dir: Path) -> pystac.Catalog:
-    """Write the catalog and return it."""
+    """Write the catalog of every tile of ``data_dir`` into ``out_dir`` and return it.
+
+    Asset hrefs are relative to each Item's JSON file (``os.path.relpath``), so the catalog
+    works from any checkout with the data at the same place relative to it (``../shared``).
+    """
     items = []
-    for post_json in sorted((data_dir / "labels").glob("*_post_disaster.json")):
-        tile = post_json.name.removesuffix("_post_disaster.json")
+    tiles = find_tiles(data_dir)
+    for tile in tiles:
+        post_json = data_dir / "labels" / f"{tile}_post_disaster.json"
         post = _image_item(tile, "post", data_dir / "images" / f"{tile}_post_disaster.tif", post_json, out_dir)
         pre_json = data_dir / "labels" / f"{tile}_pre_disaster.json"
         pre = _image_item(tile, "pre", data_dir / "images" / f"{tile}_pre_disaster.tif", pre_json, out_dir)
         items += [pre, post, _label_item(tile, post_json, post, out_dir)]
     col = pystac.Collection(
         id=COLLECTION_ID,
-        description="xBD Santa Rosa wildfire (2017): pre/post RGB tiles and building damage labels, 6 tiles.",
+        description=f"xBD Santa Rosa wildfire (2017): pre/post RGB tiles and building damage labels, {len(tiles)} tiles.",
         extent=pystac.Extent.from_items(items),
         license=LICENSE,
         title="xBD Santa Rosa wildfire sample",

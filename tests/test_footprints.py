@@ -36,6 +36,7 @@ from staclearn.footprints import (
 from staclearn.labels import ClassInfo
 
 XBD = Path("data") / "damage" / "xbd_santarosa"
+#: the first 6 of the 33 tiles (883 buildings); the counts below are theirs
 TILES = ["00000012", "00000021", "00000066", "00000074", "00000089", "00000141"]
 
 
@@ -48,7 +49,8 @@ def xbd_dir(shared_dir: Path) -> Path:
 
 
 def _post_labels(xbd_dir: Path) -> list[Path]:
-    return sorted((xbd_dir / "labels").glob("*_post_disaster.json"))
+    """The post label files of the 6 tiles of :data:`TILES`."""
+    return [xbd_dir / "labels" / f"santa-rosa-wildfire_{t}_post_disaster.json" for t in TILES]
 
 
 def _raw_uids(paths: list[Path], subtype: str) -> list[str]:
@@ -81,6 +83,14 @@ def test_read_xbd_labels_counts_real(xbd_dir):
     both = read_xbd_labels(sorted((xbd_dir / "labels").glob("santa-rosa-wildfire_00000021_*.json")))
     with pytest.raises(DuplicateIdError, match="not unique"):
         read_footprints(both)
+
+
+def test_read_xbd_labels_all_33_tiles(xbd_dir):
+    every = read_xbd_labels(sorted((xbd_dir / "labels").glob("*_post_disaster.json")))
+    assert len(every) == 2365 and every["tile"].nunique() == 33 and every["uid"].is_unique
+    assert every["subtype"].value_counts().to_dict() == {
+        "no-damage": 1838, "destroyed": 509, "minor-damage": 7, "major-damage": 4, "un-classified": 7,
+    }  # fmt: skip
 
 
 def test_read_footprints_xbd_json_real(xbd_dir):
