@@ -1,67 +1,233 @@
-"""Benchmark: the land-cover workflow on the real NC Landsat-7 scene.
+"""Benchmark: land-cover models on the real NC Landsat-7 scene, by spatial cross-validation.
 
-Prints overall accuracy and macro-F1 of the U-Net and of the per-pixel RandomForest on the
-same spatially blocked split, the training time and the inference throughput (Mpx/s), for
-one or more settings. Run by hand (not in CI):
+Folds: the scene is cut into square blocks (64 px and 96 px by default) and each
+checkerboard parity of a blocking is one fold's TEST part (used for nothing but scoring); the
+other half trains. Inside it, whole 32 px blocks holding about 20 % of its labels are the
+validation part (epoch selection), drawn with ``split_seed = seed``. Every step is the
+product's (``staclearn.landcover.run_landcover``): ``open_items`` -> ``load_cube`` ->
+``load_label_raster`` -> ``block_split(test_mask=...)`` -> ``export_chips`` (test imagery
+masked out of every chip) -> ``band_statistics`` of the training chips -> ``build_model`` ->
+``Trainer.fit`` (best validation mIoU kept) -> ``predict_class_map`` on the whole cube ->
+``compute_metrics`` on the test part. Beside each model a RandomForest (500 trees on the five
+band values, ``random_state = seed``) is fitted on exactly the same training pixels
+(``random_forest_baseline``) and scored on the same test pixels.
 
-    .venv/bin/python bench/landcover.py --epochs 60 --seeds 0 1 2
+Recipes (``--recipe``, several allowed) are named settings in ``RECIPES``; ``--list`` prints
+them. Each fold x seed prints one JSON line; the summary gives mean +- sd over all runs and the
+standard deviation across seeds (per fold, then its mean and max). Run by hand (not in CI):
+
+    .venv/bin/python bench/landcover.py --recipe fcn-ens --seeds 0 1 2
+    .venv/bin/python bench/landcover.py --recipe unet --folds 64:0 96:1 --seeds 0 --epochs 5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
-from staclearn.landcover import LandCoverConfig, run_landcover
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
 
 CATALOG = Path(__file__).parents[1] / "catalogs" / "nc-landsat" / "catalog.json"
+BANDS = ("b1", "b2", "b3", "b4", "b5")
+
+_UNET = {
+    "architecture": "Unet", "encoder": "resnet18", "encoder_depth": 5, "extra": {},
+    "epochs": 30, "lr": 3e-3, "batch_size": 16, "class_weights": "balanced", "augment": True,
+    "weight_decay": 1e-4, "members": 1, "tile_size": 64, "stride": 32,
+}  # fmt: skip
+_FCN = {
+    **_UNET, "architecture": "PixelConvNet", "encoder": "none", "encoder_depth": 0,
+    "extra": {"width": 32, "layers": 3, "kernel": 3, "dropout": 0.1},
+    "epochs": 30, "lr": 3e-3, "weight_decay": 1e-2,
+}  # fmt: skip
+_IDX = ["ndvi", "ndwi", "mndwi", "ndbi"]
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # the product default (LandCoverConfig)
+    "unet": _UNET,
+    # smaller U-Net
+    "unet3": {**_UNET, "encoder_depth": 3},
+    # small fully convolutional nets, receptive field layers*(kernel-1)+1
+    "fcn": _FCN,
+    "fcn-idx": {**_FCN, "extra": {**_FCN["extra"], "indices": _IDX}},
+    "fcn-idx-noweights": {**_FCN, "extra": {**_FCN["extra"], "indices": _IDX}, "class_weights": None},
+    "fcn-idx-noaug": {**_FCN, "extra": {**_FCN["extra"], "indices": _IDX}, "augment": False},
+    "fcn1-idx": {**_FCN, "extra": {**_FCN["extra"], "indices": _IDX, "layers": 2, "kernel": 1}},
+    "fcn5-idx": {**_FCN, "extra": {**_FCN["extra"], "indices": _IDX, "layers": 2, "kernel": 5}},
+    "fcn-idx-ens5": {**_FCN, "extra": {**_FCN["extra"], "indices": _IDX}, "members": 5},
+    "unet3-idx": {**_UNET, "encoder_depth": 3, "extra": {"indices": _IDX}},
+}
+
+
+def checkerboard(shape: tuple[int, int], block: int, parity: int) -> np.ndarray:
+    """``(H, W)`` bool: True on the blocks of ``block`` px whose ``(row + col) % 2 == parity``."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((yy // block + xx // block) % 2) == parity
+
+
+def load_scene() -> dict[str, Any]:
+    """The NC scene through the library, as ``run_landcover`` loads it."""
+    from staclearn.cube import load_cube, valid_mask
+    from staclearn.labels import IGNORE_INDEX, load_label_raster
+    from staclearn.landcover import split_label_items
+    from staclearn.search import open_items
+
+    imagery, label_items = split_label_items(open_items(CATALOG))
+    cube = load_cube(imagery, bands=BANDS, engine="odc")
+    image = np.asarray(cube.isel(time=0).values, dtype=np.float32)
+    nodata = cube.attrs.get("nodata")
+    labels_da = load_label_raster(label_items[0], cube.odc.geobox, asset="labels")
+    ok = valid_mask(image, nodata)
+    labels = np.where(ok, labels_da.values, IGNORE_INDEX).astype(np.uint8)
+    return {"cube": cube, "image": image, "nodata": nodata, "labels": labels, "ok": ok, "classes": labels_da.attrs["classes"]}
+
+
+def _in_memory(index_path: Path, split: str, fill: np.ndarray) -> TensorDataset:
+    from staclearn.chips import ChipDataset
+
+    ds = ChipDataset(index_path, split, fill=fill)
+    if len(ds) == 0:
+        return TensorDataset(torch.zeros(0, len(BANDS), 1, 1), torch.zeros(0, 1, 1, dtype=torch.long))
+    xs, ys = zip(*(ds[i] for i in range(len(ds))), strict=True)
+    return TensorDataset(torch.stack(xs), torch.stack(ys))
+
+
+def run_one(scene: dict[str, Any], test_mask: np.ndarray, recipe: dict[str, Any], seed: int, work: Path, *, rf: bool = True) -> dict[str, Any]:
+    """One fold x seed: the product's steps with the recipe's model and training settings."""
+    from staclearn.chips import band_statistics, block_split, export_chips
+    from staclearn.evaluate import compute_metrics, random_forest_baseline
+    from staclearn.labels import IGNORE_INDEX, indices_to_values
+    from staclearn.models import SegmentationEnsemble, build_model, spectral_index_statistics
+    from staclearn.predict import CLASS_MAP_NODATA, predict_class_map
+    from staclearn.splits import TEST, TRAIN
+
+    image, labels, ok, classes, cube = scene["image"], scene["labels"], scene["ok"], scene["classes"], scene["cube"]
+    names = [c.name for c in classes]
+    values = [c.value for c in classes]
+    split = block_split(labels, block_size=32, valid_fraction=0.2, test_mask=test_mask, seed=seed)
+    index = export_chips(
+        image, labels, split, cube.odc.geobox, work / "chips", tile_size=recipe["tile_size"], stride=recipe["stride"],
+        min_labelled=0.002, nodata=scene["nodata"], band_names=list(BANDS),
+    )  # fmt: skip
+    index_path = work / "chips" / "chips.parquet"
+    mean, std = band_statistics(index_path, "train")
+    extra = dict(recipe["extra"])
+    if extra.get("indices"):
+        train_px = (split == TRAIN) & ok
+        extra["index_mean"], extra["index_std"] = spectral_index_statistics(image[:, train_px], BANDS, extra["indices"])
+    train_ds, valid_ds = _in_memory(index_path, "train", mean), _in_memory(index_path, "valid", mean)
+    t0 = time.perf_counter()
+    models, best_epochs = [], []
+    for m in range(recipe["members"]):
+        member_seed = seed * 1000 + m
+        torch.manual_seed(member_seed)
+        model = build_model(
+            BANDS, classes, mean=mean, std=std, architecture=recipe["architecture"], encoder=recipe["encoder"],
+            encoder_depth=recipe["encoder_depth"], extra=extra,
+        )  # fmt: skip
+        trainer = _trainer(model, train_ds, valid_ds, len(classes), recipe, member_seed)
+        trainer.fit(recipe["epochs"], recipe["lr"], weight_decay=recipe["weight_decay"], progress=False)
+        models.append(trainer.model)
+        best_epochs.append(trainer.best_epoch)
+    model = SegmentationEnsemble.from_members(models) if len(models) > 1 else models[0]
+    train_s = time.perf_counter() - t0
+    class_map = predict_class_map(model.eval(), cube, tile_size=256, padding=32, batch_size=4, device="cpu")
+    label_values = indices_to_values(labels, classes)
+    test_ref = np.where((split == TEST) & (labels != IGNORE_INDEX), label_values, IGNORE_INDEX).astype(np.uint8)
+    met = compute_metrics(test_ref, class_map.values, values, names)
+    row: dict[str, Any] = {
+        "oa": met.overall_accuracy, "f1": met.macro_f1, "train_s": train_s, "best_epoch": best_epochs,
+        "n_test": met.n_samples, "n_train_px": int(((split == TRAIN) & (labels != IGNORE_INDEX)).sum()),
+        "n_train_chips": len(train_ds), "n_valid_chips": len(valid_ds),
+        "confusion": met.confusion.tolist(),
+    }  # fmt: skip
+    if rf:
+        train_mask = (split == TRAIN) & (labels != IGNORE_INDEX)
+        t1 = time.perf_counter()
+        rf_idx = random_forest_baseline(image, labels, train_mask, nodata_mask=~ok, n_estimators=500, seed=seed, n_jobs=1)
+        rf_met = compute_metrics(test_ref, indices_to_values(rf_idx, classes, nodata=CLASS_MAP_NODATA), values, names)
+        row.update(rf_oa=rf_met.overall_accuracy, rf_f1=rf_met.macro_f1, rf_s=time.perf_counter() - t1, rf_confusion=rf_met.confusion.tolist())
+    return row
+
+
+def _trainer(model, train_ds, valid_ds, num_classes: int, recipe: dict[str, Any], seed: int):
+    from staclearn.train import Trainer
+
+    return Trainer(
+        model, train_ds, valid_ds, num_classes=num_classes, batch_size=recipe["batch_size"],
+        weights=recipe["class_weights"], augment=recipe["augment"], device="cpu", seed=seed,
+    )  # fmt: skip
+
+
+def summarise(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """Mean +- sd over all runs, and the sd across seeds per fold (mean and max)."""
+    out: dict[str, Any] = {"recipe": name, "runs": len(rows)}
+    keys = [k for k in ("oa", "f1", "rf_oa", "rf_f1", "train_s") if k in rows[0]]
+    for k in keys:
+        vals = [r[k] for r in rows]
+        out[k] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    folds = sorted({r["fold"] for r in rows})
+    for k in ("oa", "f1"):
+        sds = [statistics.stdev([r[k] for r in rows if r["fold"] == f]) for f in folds if sum(r["fold"] == f for r in rows) > 1]
+        if sds:
+            out[f"{k}_seed_sd_mean"], out[f"{k}_seed_sd_max"] = statistics.mean(sds), max(sds)
+    if "rf_oa" in rows[0]:
+        out["beats_rf_every_run"] = all(r["oa"] > r["rf_oa"] and r["f1"] > r["rf_f1"] for r in rows)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--encoder", default="resnet18")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--tile-size", type=int, default=64)
-    p.add_argument("--stride", type=int, default=32)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp folder)")
+    p.add_argument("--recipe", nargs="+", default=["fcn-idx-ens5"], help="names in RECIPES")
+    p.add_argument("--folds", nargs="+", default=["64:0", "64:1", "96:0", "96:1"], help="BLOCK:PARITY of the test checkerboard")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--members", type=int, default=None, help="override the recipe's ensemble members")
+    p.add_argument("--no-rf", action="store_true", help="skip the RandomForest")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--jsonl", type=Path, default=None, help="append each run's JSON line here")
+    p.add_argument("--list", action="store_true", help="print the recipes and exit")
     args = p.parse_args()
-    root = args.out or Path(tempfile.mkdtemp(prefix="staclearn-bench-"))
-    rows = []
-    for seed in args.seeds:
-        config = LandCoverConfig(
-            bands=("b1", "b2", "b3", "b4", "b5"),
-            epochs=args.epochs,
-            encoder=args.encoder,
-            lr=args.lr,
-            tile_size=args.tile_size,
-            stride=args.stride,
-            seed=seed,
+    if args.list:
+        for k, v in RECIPES.items():
+            print(k, json.dumps(v))
+        return
+    torch.set_num_threads(args.threads)
+    scene = load_scene()
+    shape = scene["labels"].shape
+    for name in args.recipe:
+        recipe = dict(RECIPES[name])
+        if args.epochs is not None:
+            recipe["epochs"] = args.epochs
+        if args.members is not None:
+            recipe["members"] = args.members
+        rows = []
+        for fold in args.folds:
+            block, parity = (int(v) for v in fold.split(":"))
+            test_mask = checkerboard(shape, block, parity)
+            for seed in args.seeds:
+                with tempfile.TemporaryDirectory(prefix="staclearn-bench-") as tmp:
+                    row = run_one(scene, test_mask, recipe, seed, Path(tmp), rf=not args.no_rf)
+                row = {"recipe": name, "fold": fold, "seed": seed, "epochs": recipe["epochs"], "members": recipe["members"], **row}
+                rows.append(row)
+                short = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if "confusion" not in k}
+                print(json.dumps(short), flush=True)
+                if args.jsonl:
+                    with args.jsonl.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+        s = summarise(rows, name)
+        txt = "  ".join(
+            f"{k} {v[0]:.3f}+-{v[1]:.3f}" if isinstance(v, tuple) else f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in s.items()
         )
-        r = run_landcover(CATALOG, root / f"seed{seed}", config, progress=False, log=lambda _: None)
-        row = {
-            "seed": seed,
-            "unet_oa": r.metrics["unet"].overall_accuracy,
-            "unet_macro_f1": r.metrics["unet"].macro_f1,
-            "unet_miou": r.metrics["unet"].miou,
-            "rf_oa": r.metrics["random_forest"].overall_accuracy,
-            "rf_macro_f1": r.metrics["random_forest"].macro_f1,
-            "train_s": r.timings["train"],
-            "predict_mpx_s": r.timings["predict_mpx_per_s"],
-            "n_valid_px": r.metrics["unet"].n_samples,
-        }
-        rows.append(row)
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    if len(rows) > 1:
-        for k in ("unet_oa", "unet_macro_f1", "rf_oa", "rf_macro_f1"):
-            vals = [r[k] for r in rows]
-            print(f"{k:14s} mean {statistics.mean(vals):.3f}  sd {statistics.stdev(vals):.3f}")
-    print(f"settings: {vars(args)}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; runs in {root}")
+        print("SUMMARY " + txt, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,139 @@
+"""Land-cover model options: spectral indices, PixelConvNet, seed ensembles, model-card round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from staclearn.errors import ConfigError
+from staclearn.labels import IGNORE_INDEX, ClassInfo
+from staclearn.models import (
+    PixelConvNet,
+    SegmentationEnsemble,
+    SegmentationModel,
+    SpectralIndices,
+    build_model,
+    member_spec,
+    model_from_spec,
+    save_weights,
+    spectral_index_statistics,
+)
+from staclearn.train import Trainer
+
+BANDS = ["b1", "b2", "b3", "b4", "b5"]
+CLASSES = [ClassInfo(1, "forest"), ClassInfo(2, "water"), ClassInfo(3, "developed")]
+IDX = ["ndvi", "ndwi", "mndwi", "ndbi"]
+
+
+def _raster(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(1, 200, size=(5, 6, 7)).astype(np.float32)
+
+
+def _fcn(seed: int = 0, **extra):
+    torch.manual_seed(seed)
+    return build_model(
+        BANDS, CLASSES, mean=[70, 60, 60, 60, 90], std=[10, 12, 20, 18, 30], architecture="PixelConvNet",
+        encoder="none", extra={"width": 8, "layers": 2, "kernel": 3, "dropout": 0.1, "indices": IDX, **extra},
+    )  # fmt: skip
+
+
+def test_indices_match_the_formulas_on_a_seeded_raster():
+    x = _raster()
+    b1, b2, b3, b4, b5 = x.astype(np.float64)
+    expected = np.stack([(b4 - b3) / (b4 + b3), (b2 - b4) / (b2 + b4), (b2 - b5) / (b2 + b5), (b5 - b4) / (b5 + b4)])
+    got = SpectralIndices(BANDS, IDX)(torch.from_numpy(x)[None])[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    # z-scored with the given statistics; a zero denominator gives 0
+    z = SpectralIndices(BANDS, ["ndvi"], index_mean=[0.1], index_std=[0.5])(torch.from_numpy(x)[None])[0, 0].numpy()
+    np.testing.assert_allclose(z, (expected[0] - 0.1) / 0.5, rtol=1e-5, atol=1e-5)
+    zero = torch.zeros(1, 5, 2, 2)
+    assert SpectralIndices(BANDS, ["ndvi"])(zero).abs().max() == 0
+    # other band names through index_bands
+    named = SpectralIndices(["red", "nir08"], ["ndvi"], index_bands={"red": "red", "nir": "nir08"})
+    np.testing.assert_allclose(named(torch.from_numpy(x[[2, 3]])[None])[0, 0].numpy(), expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_index_statistics_and_errors():
+    x = _raster(1)
+    mean, std = spectral_index_statistics(x.reshape(5, -1), BANDS, ["ndvi"])
+    ndvi = (x[3].astype(np.float64) - x[2]) / (x[3].astype(np.float64) + x[2])
+    assert mean[0] == pytest.approx(ndvi.mean(), rel=1e-5)
+    assert std[0] == pytest.approx(ndvi.std(), rel=1e-4)
+    with pytest.raises(ConfigError, match="Unknown spectral index"):
+        SpectralIndices(BANDS, ["evi9"])
+    with pytest.raises(ConfigError, match="nir"):
+        SpectralIndices(["b1", "b2", "b3"], ["ndvi"])
+    with pytest.raises(ConfigError):
+        _fcn(kernel=2)
+
+
+def test_pixel_conv_net_keeps_size_and_receptive_field():
+    model = _fcn().eval()
+    assert isinstance(model, PixelConvNet) and model.spec.stride == 1
+    x = torch.from_numpy(_raster())[None].repeat(2, 1, 3, 3)  # (2, 5, 18, 21): any size
+    out = model(x)
+    assert out.shape == (2, 3, 18, 21)
+    # 2 layers of 3x3: receptive field 5 px; a change 3 px away leaves the pixel unchanged
+    y = x.clone()
+    y[:, :, 9, 13] += 50
+    diff = (model(y) - out).abs().amax(1)[0]
+    assert diff[9, 10] == 0 and diff[9, 11] > 0
+
+
+def test_ensemble_averages_member_probabilities_and_loads_one_state():
+    members = [_fcn(s).eval() for s in range(3)]
+    ens = SegmentationEnsemble.from_members(members)
+    assert ens.spec.extra["members"] == 3 and member_spec(ens.spec).extra["members"] == 1
+    x = torch.from_numpy(_raster())[None]
+    with torch.no_grad():
+        prob = torch.stack([m(x).softmax(1) for m in members]).mean(0)
+        np.testing.assert_allclose(ens(x).softmax(1).numpy(), prob.numpy(), rtol=1e-5, atol=1e-6)
+        rebuilt = model_from_spec(ens.spec).eval()
+        rebuilt.load_state_dict(ens.state_dict())
+        assert torch.equal(rebuilt(x), ens(x))
+    with pytest.raises(ConfigError):
+        SegmentationEnsemble.from_members([members[0], _fcn(0, width=4)])
+
+
+def test_unet_with_indices():
+    torch.manual_seed(0)
+    model = build_model(BANDS, CLASSES, mean=[70] * 5, std=[20] * 5, encoder_depth=3, extra={"indices": ["ndvi", "ndwi"]})
+    assert isinstance(model, SegmentationModel)
+    assert model.net.encoder.conv1.in_channels == 7
+    assert model.eval()(torch.rand(1, 5, 32, 32) * 100).shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_card_round_trip_rebuilds_identical_model(tmp_path, members):
+    from staclearn.modelcard import load_model, model_card, spec_from_card
+
+    models = [_fcn(s, index_mean=[0.1, -0.2, -0.1, 0.2], index_std=[0.2, 0.3, 0.25, 0.1]) for s in range(members)]
+    # a few training steps so BatchNorm statistics and weights are not the initial ones
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 5, 16, 16, generator=g) * 150 + 10
+    y = torch.randint(0, 3, (8, 16, 16), generator=g)
+    y[torch.rand(y.shape, generator=g) > 0.3] = IGNORE_INDEX
+    for i, m in enumerate(models):
+        Trainer(m, TensorDataset(x, y), num_classes=3, batch_size=4, augment=False, device="cpu", seed=i).fit(2, 1e-2, progress=False)
+    model = SegmentationEnsemble.from_members(models) if members > 1 else models[0].eval()
+    weights = save_weights(model, tmp_path / "weights.safetensors")
+    card = model_card(model, str(weights), id="lc-model", tile_size=64)
+    card.set_self_href(str(tmp_path / "card.json"))
+    card.save_object(include_self_link=False)
+    spec = spec_from_card(card.to_dict())
+    assert spec.to_dict() == model.spec.to_dict()
+    loaded = load_model(tmp_path / "card.json")
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_class_weight_options():
+    from staclearn.train import class_weights
+
+    y = torch.tensor([[0] * 6 + [1] * 3 + [2] * 1])
+    ds = TensorDataset(torch.zeros(1, 1, 1, 10), y.view(1, 1, 10))
+    w = class_weights(ds, 3)
+    np.testing.assert_allclose(w.numpy(), [0.5, 1.0, 3.0], rtol=1e-6)
