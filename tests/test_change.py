@@ -26,6 +26,7 @@ from staclearn.augment import Augmentation
 from staclearn.change import (
     CHANGE_CLASSES,
     ChangeConfig,
+    CitySplit,
     ChangeLoss,
     SiameseDiffUnet,
     build_change_model,
@@ -39,6 +40,7 @@ from staclearn.change import (
     pair_band_names,
     predict_change,
     run_change,
+    split_cities,
     stack_pair,
 )
 from staclearn.change import change_mask_item
@@ -51,6 +53,7 @@ from staclearn.errors import (
     NoGeoreferenceError,
     NoGeoreferenceWarning,
     NoOverlapError,
+    SplitError,
     StaclearnWarning,
 )
 from staclearn.modelcard import load_model, model_card, spec_from_card
@@ -496,6 +499,86 @@ def test_levir_png_pair_loads_without_georeference_trains_and_predicts(tmp_path)
         change_mask_item("m.tif", pred.mask, id="levir", before=[], after=[])
 
 
+# ------------------------------------------------------------------ split by city (catalog only)
+
+
+@pytest.fixture(scope="module")
+def oscd_groups():
+    """``{city: PairItems}`` of the committed OSCD catalog (its JSON only: no pixels are read)."""
+    from staclearn.change import _group_pairs
+
+    return _group_pairs(open_items(OSCD_CATALOG), "staclearn:city")
+
+
+OSCD_CITIES = ["aguasclaras", "bercy", "bordeaux", "nantes", "paris", "rennes"]
+
+
+def test_drawn_split_is_whole_cities_and_depends_on_split_seed_only(oscd_groups):
+    splits = {seed: split_cities(oscd_groups, split_seed=seed) for seed in range(6)}
+    for seed, s in splits.items():
+        assert isinstance(s, CitySplit) and s.split_seed == seed
+        assert (len(s.train), len(s.valid), len(s.test)) == (4, 1, 1)  # 20 % of 6 and of 5 cities, at least 1
+        assert sorted([*s.train, *s.valid, *s.test]) == OSCD_CITIES
+        assert s == split_cities(oscd_groups, split_seed=seed)  # same seed, same split
+        assert s.as_dict() == {"train": list(s.train), "valid": list(s.valid), "test": list(s.test)}
+    assert len({s.test for s in splits.values()}) > 1  # the seed does draw
+    assert splits[0] == CitySplit(("aguasclaras", "bercy", "bordeaux", "paris"), ("nantes",), ("rennes",), splits[0].method, 0)
+    assert "test and validation cities drawn with split_seed" in splits[0].method
+    two = split_cities(oscd_groups, split_seed=0, test_count=2, valid_fraction=0.5)
+    assert (len(two.train), len(two.valid), len(two.test)) == (2, 2, 2)
+
+
+def test_given_test_cities_and_item_ids_are_honoured(oscd_groups):
+    s = split_cities(oscd_groups, test_items=["paris-labels", "nantes-20150821"], split_seed=3)
+    assert s.test == ("nantes", "paris") and "nantes" not in s.valid and len(s.valid) == 1
+    assert s.split_seed == 3 and "validation cities drawn with split_seed, test cities given" in s.method
+    s = split_cities(oscd_groups, test_cities=["bercy"], test_items=["rennes-20170621"], valid_cities=["paris"])
+    assert (s.train, s.valid, s.test) == (("aguasclaras", "bordeaux", "nantes"), ("paris",), ("bercy", "rennes"))
+    assert s.split_seed is None and s.method == "whole cities; test and validation cities given"
+
+
+def test_only_validation_cities_given_draws_test_cities_from_the_rest(oscd_groups):
+    for seed in range(5):
+        s = split_cities(oscd_groups, valid_cities=["bercy"], split_seed=seed)
+        assert s.valid == ("bercy",) and len(s.test) == 1 and "bercy" not in s.test and len(s.train) == 4
+    three = {c: oscd_groups[c] for c in ("paris", "rennes", "bercy")}
+    s = split_cities(three, valid_cities=["bercy"])
+    assert s.valid == ("bercy",) and len(s.test) == len(s.train) == 1
+    with pytest.raises(SplitError, match=r"Cannot draw 1 test cities from \['paris'\].*keep a validation and a training city"):
+        split_cities({c: oscd_groups[c] for c in ("paris", "bercy")}, valid_cities=["bercy"])
+
+
+def test_bad_split_requests_name_what_was_asked_and_what_exists(oscd_groups):
+    with pytest.raises(SplitError, match=r"test_cities \['atlantis'\] are not cities.*\['aguasclaras', 'bercy',.*'rennes'\]"):
+        split_cities(oscd_groups, test_cities=["atlantis", "paris"])
+    with pytest.raises(SplitError, match=r"valid_cities \['lyon'\] are not cities"):
+        split_cities(oscd_groups, valid_cities=["lyon"])
+    with pytest.raises(SplitError, match=r"test_items \['paris-2099'\] are not before, after or label Items.*'paris-20161130'"):
+        split_cities(oscd_groups, test_items=["paris-2099"])
+    with pytest.raises(SplitError, match=r"\['paris'\] are asked as both test and validation"):
+        split_cities(oscd_groups, test_items=["paris-labels"], valid_cities=["paris"])
+    with pytest.raises(SplitError, match="leave no training city"):
+        split_cities(oscd_groups, test_cities=OSCD_CITIES[:3], valid_cities=OSCD_CITIES[3:])
+    with pytest.raises(SplitError, match="Cannot draw 5 validation cities"):
+        split_cities(oscd_groups, test_cities=["paris"], valid_count=5)
+    with pytest.raises(SplitError, match="test_fraction"):
+        split_cities(oscd_groups, test_fraction=1.5)
+    with pytest.raises(SplitError, match=r"Cannot draw 2 test cities from \['bercy', 'paris'\]"):
+        split_cities({c: oscd_groups[c] for c in ("paris", "bercy")}, test_count=2)
+
+
+def test_run_change_and_the_cli_refuse_an_unknown_test_city_before_loading_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from staclearn.cli import app
+
+    with pytest.raises(SplitError, match="atlantis"):
+        run_change(OSCD_CATALOG, tmp_path / "run", ChangeConfig(test_cities=("atlantis",)), log=lambda _: None)
+    assert not (tmp_path / "run" / "chips").exists()
+    r = CliRunner().invoke(app, ["change", "run", "--catalog", str(OSCD_CATALOG), "--out", str(tmp_path / "cli"), "--test-item", "rome-labels"])
+    assert r.exit_code == 2 and "SplitError" in r.output and "rome-labels" in r.output and "bercy-labels" in r.output
+
+
 # ---------------------------------------------------------------------------- OSCD (real)
 
 
@@ -520,23 +603,30 @@ def test_oscd_original_mask_without_georeference(oscd_items, tmp_path):
 
 
 OSCD_CONFIG = ChangeConfig(
-    valid_cities=("bercy",), bands=("B02", "B03", "B04", "B08", "B05", "B11"), fusion="early",
-    tile_size=64, stride=64, encoder_depth=5, epochs=3, batch_size=16, device="cpu", seed=0,
+    test_items=("bercy-20170829",), valid_cities=("rennes",), bands=("B02", "B03", "B04", "B08", "B05", "B11"),
+    fusion="early", tile_size=64, stride=64, encoder_depth=5, epochs=2, batch_size=16, device="cpu", seed=0,
 )
 
 
 @pytest.fixture(scope="module")
 def oscd_run(oscd_items, tmp_path_factory):
-    """A small run: trained on paris + rennes, evaluated and published on bercy."""
+    """A small run: trained on paris, epoch chosen on rennes, tested and published on bercy (named by an Item id)."""
     torch.set_num_threads(1)
     items = [i for i in oscd_items.values() if i.properties["staclearn:city"] in ("paris", "rennes", "bercy")]
     return run_change(items, tmp_path_factory.mktemp("oscd") / "run", OSCD_CONFIG, progress=False, log=lambda _: None)
+
+
+def _bbox(item: pystac.Item):
+    from shapely.geometry import box
+
+    return box(*item.bbox)
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_oscd_run_on_an_unseen_city(oscd_run):
     result, config = oscd_run, OSCD_CONFIG
+    assert (result.train_cities, result.valid_cities, result.test_cities) == (("paris",), ("rennes",), ("bercy",))
 
     # the common GeoBox is the 10 m B02 grid of the city
     b02 = next((OSCD / "bercy" / "imgs_1").glob("*_B02.tif"))
@@ -545,9 +635,10 @@ def test_oscd_run_on_an_unseen_city(oscd_run):
         assert cm.crs.to_epsg() == 4326 and cm.nodata == 255 and cm.dtypes[0] == "uint8"
         mask = cm.read(1)
     assert set(np.unique(mask)) <= {0, 1, 255}
+    assert sorted(result.change_masks) == sorted(result.cva_masks) == ["bercy"]  # only test cities are written
     with rasterio.open(OSCD / "bercy" / "cm" / "bercy-cm_georef.tif") as src:
         truth = src.read(1)
-    m, cva = result.metrics["bercy"]["model"], result.metrics["bercy"]["cva"]
+    m, cva = result.test_metrics["bercy"]["model"], result.test_metrics["bercy"]["cva"]
     for metrics in (m, cva):
         assert metrics.n_samples == int(np.isin(truth, [1, 2]).sum()) == 142200
         assert metrics.confusion.sum() + metrics.n_unclassified == metrics.n_samples
@@ -556,38 +647,72 @@ def test_oscd_run_on_an_unseen_city(oscd_run):
         fn += metrics.support["change"] - metrics.confusion[1].sum()  # unclassified change pixels
         assert metrics.f1["change"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert m.confusion[:, 1].sum() == int((mask == 1).sum())  # the COG is what was evaluated
+    # one test city: the pooled test figures are that city's
+    assert result.test_pooled["model"].to_dict() == m.to_dict() and result.test_pooled["cva"].to_dict() == cva.to_dict()
+    assert sorted(result.valid_metrics) == ["rennes"]
+    assert result.valid_metrics["rennes"]["model"].support["change"] == result.split_record["counts"]["valid"]["change"] == 4932
 
     # the CVA threshold is the one that maximises F1 on the TRAINING cities only
-    mags, labs = [], []
-    for city in ("paris", "rennes"):
-        g = result.source_items[city]
-        b, a, lab = load_pair(g.before, g.after, bands=list(config.bands), label_item=g.labels)
-        mags.append(change_vector_magnitude(b, a).values)
-        labs.append(lab.values)
-    threshold, f1 = fit_cva_threshold(mags, labs)
+    g = result.source_items["paris"]
+    b, a, lab = load_pair(g.before, g.after, bands=list(config.bands), label_item=g.labels)
+    threshold, f1 = fit_cva_threshold([change_vector_magnitude(b, a).values], [lab.values])
     assert result.cva_threshold == pytest.approx(threshold) and result.cva_train_f1 == pytest.approx(f1)
     with rasterio.open(result.cva_masks["bercy"]) as src:
         assert cva.confusion[:, 1].sum() == int((src.read(1) == 1).sum())
 
+    # chips: training and validation cities only; no chip touches the test city
+    import geopandas as gpd
+
+    index = gpd.read_parquet(result.chips)
+    assert set(index.city) == {"paris", "rennes"}
+    assert set(index[index.city == "paris"].split) == {"train"} and set(index[index.city == "rennes"].split) == {"valid"}
+    bercy = _bbox(result.source_items["bercy"].labels)
+    assert not index.geometry.intersects(bercy).any()
+    assert not any("bercy" in p.name for p in (result.chips.parent).rglob("*"))
+    # the epoch was chosen on the validation chips: every epoch has a validation figure
+    assert [r.epoch for r in result.history] == [1, 2] and all(np.isfinite(r.valid_miou) for r in result.history)
+
+    # evaluation.json: test and validation apart, and the split record with pixel counts per part
     report = json.loads(result.evaluation.read_text())
-    assert set(report["models"]) == {"bercy early", "bercy cva"}
-    assert report["models"]["bercy early"]["confusion"] == m.confusion.tolist()
-    assert [r.epoch for r in result.history] == [1, 2, 3]
+    assert set(report) == {"test", "validation", "split"}
+    assert set(report["test"]["models"]) == {"bercy early", "bercy cva", "pooled early", "pooled cva"}
+    assert set(report["validation"]["models"]) == {"rennes early", "rennes cva", "pooled early", "pooled cva"}
+    assert report["test"]["models"]["bercy early"]["confusion"] == m.confusion.tolist()
+    assert report["validation"]["models"]["rennes cva"]["confusion"] == result.valid_metrics["rennes"]["cva"].confusion.tolist()
+    split = report["split"]
+    assert split == result.split_record
+    assert split["cities"] == {"train": ["paris"], "valid": ["rennes"], "test": ["bercy"]}
+    assert split["unit"] == "pixels" and split["split_seed"] is None and "given" in split["method"]
+    assert split["counts"]["test"] == {"no change": 141154, "change": 1046}
+    assert split["counts"]["train"]["change"] == int((lab.values == 1).sum())
+    assert (result.out_dir / "evaluation_confusion.png").is_file() and (result.out_dir / "evaluation_validation_confusion.png").is_file()
+
     assert result.source_items["bercy"].before[0].id == "bercy-20161130"
     assert result.source_items["bercy"].after[0].id == "bercy-20170829"
     again = load_change_model(json.loads(result.spec.read_text()), result.weights)
     assert again.spec.bands == tuple(pair_band_names(config.bands))
 
-    # published: catalog -> collection -> MLM card + one change-mask Item, valid offline
+    # published: catalog -> collection -> MLM card + one change-mask Item per TEST city, valid offline
     assert validate_catalog(result.catalog, SHARED_DIR / "schemas") == 4
     cat = pystac.Catalog.from_file(str(result.catalog))
     items = {i.id: i for i in cat.get_items(recursive=True)}
+    assert sorted(items) == ["run-change-bercy", "run-model"]
     card, item = items["run-model"], items["run-change-bercy"]
     assert [i["name"] for i in card.properties["mlm:input"]] == ["t1 (before)", "t2 (after)"]
     assert all(i["bands"] == list(config.bands) for i in card.properties["mlm:input"])
-    assert card.properties["start_datetime"].startswith("2015") and "rennes" in card.properties["mlm:hyperparameters"]["split"]
+    assert card.properties["start_datetime"].startswith("2016")  # paris, the one training city
+    assert "test cities ['bercy']" in card.properties["mlm:hyperparameters"]["split"]
     training = {link.title for link in card.links if link.rel == "derived_from"}
-    assert "training data: paris-labels" in training and not any("bercy" in t for t in training)
+    assert "training data: paris-labels" in training and not any("bercy" in t or "rennes" in t for t in training)
+    card_metrics = card.properties["staclearn:metrics"]
+    assert set(card_metrics) == {"test", "validation"}
+    assert set(card_metrics["test"]) == {"bercy", "pooled"} and set(card_metrics["validation"]) == {"rennes", "pooled"}
+    assert card_metrics["test"]["bercy"]["model"]["f1_change"] == pytest.approx(m.f1["change"])
+    assert card_metrics["test"]["bercy"]["cva"]["n_samples"] == 142200
+    assert card_metrics["validation"]["rennes"]["model"]["f1_change"] == pytest.approx(result.valid_metrics["rennes"]["model"].f1["change"])
+    assert card.properties["staclearn:split"] == split
+    assert item.properties["staclearn:metrics"] == {"test": card_metrics["test"]["bercy"]}
+    assert item.properties["staclearn:split"] == split
     derived = {link.title for link in item.links if link.rel == "derived_from"}
     assert derived == {"before: bercy-20161130", "after: bercy-20170829", "model card: run-model"}
     assert item.properties["start_datetime"].startswith("2016-11-30") and item.properties["end_datetime"].startswith("2017-08-29")
@@ -600,6 +725,34 @@ def test_oscd_run_on_an_unseen_city(oscd_run):
         published = src.read(1)
     assert np.array_equal(predict_change(model, b, a, device="cpu").mask.values, published)
     assert np.array_equal(published, mask)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_oscd_drawn_split_is_kept_when_only_the_training_seed_changes(oscd_items, oscd_groups, tmp_path):
+    torch.set_num_threads(1)
+    cities = ("paris", "rennes", "bercy")
+    items = [i for i in oscd_items.values() if i.properties["staclearn:city"] in cities]
+    runs = []
+    for seed in (0, 1):
+        config = ChangeConfig(
+            split_seed=5, seed=seed, bands=("B02", "B04"), encoder_depth=3, epochs=1, batch_size=16, augment=False, device="cpu",
+        )
+        runs.append(run_change(items, tmp_path / f"seed{seed}", config, progress=False, log=lambda _: None))
+    first, second = runs
+    expected = split_cities({c: oscd_groups[c] for c in cities}, split_seed=5)
+    assert first.split == second.split == expected and len(expected.test) == len(expected.valid) == 1
+    assert first.split_record == second.split_record and first.split_record["split_seed"] == 5
+    assert "drawn with split_seed" in first.split_record["method"]
+    import geopandas as gpd
+
+    for r in runs:
+        index = gpd.read_parquet(r.chips)
+        assert set(index.city) == {*expected.train, *expected.valid} and not set(index.city) & set(expected.test)
+        assert set(index[index.split == "valid"].city) == set(expected.valid)
+        assert sorted(r.items) == sorted(r.test_metrics) == list(expected.test)
+    assert first.history[0].train_loss != second.history[0].train_loss  # the training seed did change the run
+    assert json.loads(first.evaluation.read_text())["split"] == json.loads(second.evaluation.read_text())["split"]
 
 
 @pytest.mark.realdata
