@@ -13,6 +13,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pystac
 import pytest
 import rasterio
 import torch
@@ -28,12 +29,13 @@ from staclearn.classify import (
     inverse_frequency_weights,
     probability_column,
 )
-from staclearn.damage import DamageConfig, find_xbd_tiles, run_damage, split_tiles
+from staclearn.damage import BASELINE_NAME, DamageConfig, find_xbd_tiles, run_damage, split_tiles, tile_folds
 from staclearn.errors import (
     BandMismatchError,
     ConfigError,
     FootprintWarning,
     ImageryNotFoundError,
+    SplitError,
 )
 from staclearn.evaluate import compute_metrics
 from staclearn.footprint_chips import (
@@ -421,61 +423,198 @@ def test_classify_objects_keeps_every_row_and_attribute(tmp_path):
 # ----------------------------------------------------------------------------- workflow
 
 
-def test_split_tiles_keeps_tiles_whole():
-    rng = np.random.default_rng(0)
-    fp = gpd.GeoDataFrame(
-        {"tile": np.repeat([f"x_{i:08d}" for i in range(6)], 10), "class_value": rng.integers(0, 2, 60)},
-        geometry=[box(0, 0, 1, 1)] * 60, crs="EPSG:4326",
-    )  # fmt: skip
-    s = split_tiles(fp, valid_fraction=0.34, seed=0)
-    assert sorted(s) == sorted(fp["tile"].unique()) and sum(v == "valid" for v in s.values()) == 2
-    assert s == split_tiles(fp, valid_fraction=0.34, seed=0)
-    assert split_tiles(fp, valid_tiles=["00000003"]) == {t: "valid" if t == "x_00000003" else "train" for t in s}
-    with pytest.raises(ConfigError, match="matches no tile"):
-        split_tiles(fp, valid_tiles=["00000042"])
+def _tile_frame(per_tile: dict[str, tuple[int, int]]) -> gpd.GeoDataFrame:
+    """Footprints of synthetic tiles: ``{tile: (n intact, n destroyed)}``."""
+    tiles, values = [], []
+    for t, (n0, n1) in per_tile.items():
+        tiles += [t] * (n0 + n1)
+        values += [0] * n0 + [1] * n1
+    return gpd.GeoDataFrame({"tile": tiles, "class_value": values}, geometry=[box(0, 0, 1, 1)] * len(values), crs="EPSG:4326")
+
+
+# 10 tiles like Santa Rosa's: intact-only, destroyed-only and mixed tiles
+TEN = {f"x_{i:08d}": c for i, c in enumerate([(50, 0), (40, 0), (0, 30), (0, 20), (10, 10), (30, 5), (5, 25), (60, 0), (0, 8), (20, 20)])}
+
+
+def test_split_tiles_three_parts_whole_tiles_stratified():
+    fp = _tile_frame(TEN)
+    s = split_tiles(fp, test_fraction=0.2, valid_fraction=0.25, split_seed=0)
+    assert sorted(s) == sorted(TEN) and set(s.values()) == {"train", "valid", "test"}
+    parts = {p: [t for t, v in s.items() if v == p] for p in ("train", "valid", "test")}
+    assert len(parts["test"]) == 2 and len(parts["valid"]) == 2 and len(parts["train"]) == 6  # 0.2 x 10, 0.25 x 8
+    for p in ("test", "valid", "train"):  # stratified: every part holds intact and destroyed buildings
+        assert set(fp.loc[fp["tile"].isin(parts[p]), "class_value"]) == {0, 1}, (p, parts[p])
+    assert s == split_tiles(fp, test_fraction=0.2, valid_fraction=0.25, split_seed=0)
+    assert any(split_tiles(fp, split_seed=k) != s for k in (1, 2, 3))
+    # test tiles given: kept, validation drawn from the rest, a bare number matches
+    given = split_tiles(fp, test_tiles=["00000002", "x_00000005"], valid_fraction=0.25, split_seed=0)
+    assert {t for t, v in given.items() if v == "test"} == {"x_00000002", "x_00000005"}
+    assert sum(v == "valid" for v in given.values()) == 2
+    with pytest.raises(SplitError, match=r"Test tile '00000042' matches no tile; give a tile id"):
+        split_tiles(fp, test_tiles=["00000042"])
+    with pytest.raises(SplitError, match=r"both test and validation"):
+        split_tiles(fp, test_tiles=["00000002"], valid_tiles=["00000002"])
+    with pytest.raises(SplitError, match="at least 2 tiles must remain"):
+        split_tiles(fp, test_tiles=[t for t in TEN][:9])
+    with pytest.raises(SplitError, match="at least 3 tiles"):
+        split_tiles(_tile_frame({"a": (1, 1), "b": (1, 1)}))
+    assert issubclass(SplitError, ConfigError)
+
+
+@pytest.fixture
+def xbd_footprints(xbd_dir) -> gpd.GeoDataFrame:
+    fp = read_footprints(read_xbd_labels(sorted((xbd_dir / "labels").glob("*_post_disaster.json"))))
+    return assign_classes(fp, "subtype", "xbd_destroyed")[0]
+
+
+def _regions_3857(xbd_dir: Path, tile: str, path: Path) -> Path:
+    """A GeoJSON polygon in EPSG:3857 (Web Mercator metres) around the image of ``tile``."""
+    with rasterio.open(xbd_dir / "images" / f"santa-rosa-wildfire_{tile}_post_disaster.tif") as src:
+        ring = gpd.GeoSeries([box(*src.bounds)], crs=src.crs).to_crs(3857).buffer(-5.0)  # just inside the tile
+    gpd.GeoDataFrame({"name": [f"around {tile}"]}, geometry=ring, crs=3857).to_file(path, driver="GeoJSON")
+    assert "3857" in path.read_text()  # the file really is in another CRS
+    return path
+
+
+def test_split_tiles_test_regions_in_another_crs(xbd_dir, xbd_footprints, tmp_path):
+    regions = _regions_3857(xbd_dir, "00000066", tmp_path / "test_area.geojson")
+    s = split_tiles(xbd_footprints, test_regions=regions, split_seed=0)
+    assert [t for t, v in s.items() if v == "test"] == ["santa-rosa-wildfire_00000066"]
+    assert sum(v == "valid" for v in s.values()) == round(0.2 * 32)
+    # the same area as a WGS84 bbox, and given together with a tile id
+    with rasterio.open(xbd_dir / "images" / "santa-rosa-wildfire_00000021_post_disaster.tif") as src:
+        w, so, e, n = src.bounds
+    both = split_tiles(xbd_footprints, test_regions=(w + 1e-5, so + 1e-5, e - 1e-5, n - 1e-5), test_tiles=["00000066"])
+    assert sorted(t for t, v in both.items() if v == "test") == ["santa-rosa-wildfire_00000021", "santa-rosa-wildfire_00000066"]
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame(geometry=[box(-10.0, 40.0, -9.9, 40.1)], crs=4326).to_file(far, driver="GeoJSON")
+    with pytest.raises(SplitError, match=r"No building centroid .* lies in .*far\.geojson; check the regions' CRS"):
+        split_tiles(xbd_footprints, test_regions=far)
+    with pytest.raises(SplitError, match=r"missing\.geojson does not exist"):
+        split_tiles(xbd_footprints, test_regions=tmp_path / "missing.geojson")
+
+
+def test_tile_folds_whole_tiles_each_with_both_classes(xbd_footprints):
+    folds = tile_folds(xbd_footprints, 3, seed=0)
+    flat = [t for f in folds for t in f]
+    assert len(folds) == 3 and len(flat) == len(set(flat)) == 33  # disjoint, every tile
+    for f in folds:
+        counts = xbd_footprints.loc[xbd_footprints["tile"].isin(f), "class_value"].value_counts()
+        assert counts[1] >= 100 and counts[0] >= 500  # ~1/3 of the 507 destroyed and 1851 others
+    assert tile_folds(xbd_footprints, 3, seed=0) == folds
+    with pytest.raises(SplitError, match="k=1 folds"):
+        tile_folds(xbd_footprints, 1)
+
+
+SMALL_TILES = ["00000021", "00000028", "00000068", "00000113", "00000212"]  # 120 buildings, mixed tiles
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_run_damage_test_regions_honoured_and_never_trained_on(xbd_dir, tmp_path):
+    regions = _regions_3857(xbd_dir, "00000021", tmp_path / "test_area.geojson")
+    config = DamageConfig(class_map="xbd_destroyed", chip_size=32, epochs=2, test_regions=regions, valid_tiles=("00000113",), seed=0, device="cpu")
+    r = run_damage(xbd_dir, tmp_path / "run", config, tiles=SMALL_TILES, log=lambda _: None)
+    assert r.test_tiles == ["santa-rosa-wildfire_00000021"] and r.valid_tiles == ["santa-rosa-wildfire_00000113"]
+    assert r.train_tiles == [f"santa-rosa-wildfire_{t}" for t in ("00000028", "00000068", "00000212")]
+    record = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert record == r.split and record["tiles"]["test"] == r.test_tiles and record["unit"] == "buildings"
+    assert record["test_regions"] == str(regions) and record["split_seed"] is None  # every part given
+    # 21: 5 intact + 6 destroyed (+2 un-classified); 113: 30 + 10; 28 + 68 + 212: 26 + 41 (+1 minor)
+    assert record["counts"] == {
+        "train": {"not destroyed": 27, "destroyed": 40}, "valid": {"not destroyed": 30, "destroyed": 10},
+        "test": {"not destroyed": 5, "destroyed": 6},
+    }  # fmt: skip
+    # no test building in any training or validation chip
+    index = gpd.read_parquet(r.chips_index)
+    test_ids = set(index.loc[index["tile"] == "santa-rosa-wildfire_00000021", "footprint_id"])
+    assert set(index.loc[index["split"] == "test", "footprint_id"]) == test_ids and len(test_ids) == 13
+    train_ids = set(FootprintChipDataset(r.chips_index, "train").index["footprint_id"])
+    valid_ids = set(FootprintChipDataset(r.chips_index, "valid").index["footprint_id"])
+    assert len(train_ids) == r.n_train == 67 and len(valid_ids) == 40
+    assert not (test_ids & train_ids) and not (test_ids & valid_ids) and not (train_ids & valid_ids)
+    # the test figures are the test buildings', the validation figures the validation buildings'
+    pred = gpd.read_parquet(r.predictions)
+    assert pred["part"].value_counts().to_dict() == {"valid": 40, "test": 13}
+    assert set(pred.loc[pred["part"] == "test", "footprint_id"]) == test_ids and "label_status" in pred
+    for part, m in (("test", r.test_metrics), ("valid", r.valid_metrics)):
+        scored = pred[(pred["part"] == part) & (pred["reference_value"] >= 0)]
+        expected = pd.crosstab(scored["reference_value"], scored["class_value"]).reindex(index=[0, 1], columns=[0, 1], fill_value=0)
+        assert m.confusion.tolist() == expected.to_numpy().tolist()
+    assert r.n_test == 11 == r.test_metrics.n_samples == r.baseline_metrics.n_samples and r.n_valid == 40
+    assert r.test_metrics.confusion.sum(1).tolist() == [5, 6] == r.baseline_metrics.confusion.sum(1).tolist()
+    report = json.loads(r.evaluation_json.read_text())
+    assert set(report) == {"test", "validation", "split"} and report["split"] == record
+    assert set(report["test"]["models"]) == {"resnet18", BASELINE_NAME} and set(report["validation"]["models"]) == {"resnet18"}
+    assert report["test"]["models"]["resnet18"]["confusion"] == r.test_metrics.confusion.tolist()
+    assert report["validation"]["models"]["resnet18"]["confusion"] == r.valid_metrics.confusion.tolist()
+    assert report["test"]["models"][BASELINE_NAME]["n_samples"] == 11
+    # the kept epoch is the best by validation macro-F1, never by test figures
+    assert r.best_epoch == int(np.argmax([h.valid_macro_f1 for h in r.history])) + 1
+    assert r.history[r.best_epoch - 1].valid_macro_f1 == pytest.approx(r.valid_metrics.macro_f1)
+    # normalisation statistics are the training chips'
+    train_px = np.stack([FootprintChipDataset(r.chips_index, "train")[i][0].numpy() for i in range(r.n_train)])
+    assert r.spec.mean == pytest.approx(train_px.transpose(1, 0, 2, 3).reshape(6, -1).mean(1), rel=1e-5)
+    # the card and the per-building Item carry the test and validation figures and the split record
+    cat = pystac.Catalog.from_file(str(r.catalog))
+    items = {i.id: i for i in cat.get_items(recursive=True)}
+    for item in (items["run-model"], items["run-buildings"]):
+        metrics = item.properties["staclearn:metrics"]
+        assert set(metrics) == {"test", "validation"} and set(metrics["test"]) == {"resnet18", BASELINE_NAME}
+        assert metrics["test"]["resnet18"]["n_samples"] == 11 and metrics["validation"]["resnet18"]["n_samples"] == 40
+        assert metrics["test"]["resnet18"]["f1"] == report["test"]["models"]["resnet18"]["f1"]
+        assert item.properties["staclearn:split"] == record
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_run_damage_training_seed_keeps_the_split(xbd_dir, tmp_path):
+    runs = []
+    for seed in (0, 1):
+        config = DamageConfig(chip_size=32, epochs=1, split_seed=3, seed=seed, device="cpu")
+        runs.append(run_damage(xbd_dir, tmp_path / f"s{seed}", config, tiles=SMALL_TILES, log=lambda _: None))
+    a, b = runs
+    assert a.split == b.split and a.split["split_seed"] == 3 and len(a.test_tiles) == 1 and len(a.valid_tiles) == 1
+    ia, ib = gpd.read_parquet(a.chips_index), gpd.read_parquet(b.chips_index)
+    assert ia["split"].tolist() == ib["split"].tolist() and set(ia["split"]) == {"train", "valid", "test"}
+    assert a.history[0].train_loss != b.history[0].train_loss  # the training seed did change the training
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_run_damage_on_santa_rosa(xbd_dir, tmp_path):
-    tiles = ["00000021", "00000066", "00000089"]
-    config = DamageConfig(chip_size=64, buffer_m=10.0, epochs=2, batch_size=32, valid_tiles=("00000021",), seed=0, device="cpu")
+    tiles = ["00000021", "00000066", "00000089", "00000113"]
+    config = DamageConfig(chip_size=64, buffer_m=10.0, epochs=2, batch_size=32, test_tiles=("00000021",), valid_tiles=("00000113",), seed=0, device="cpu")
     r = run_damage(xbd_dir, tmp_path / "run", config, tiles=tiles, log=lambda _: None)
-    assert r.valid_tiles == ["santa-rosa-wildfire_00000021"]
+    assert r.test_tiles == ["santa-rosa-wildfire_00000021"] and r.valid_tiles == ["santa-rosa-wildfire_00000113"]
     assert r.train_tiles == ["santa-rosa-wildfire_00000066", "santa-rosa-wildfire_00000089"]
-    assert json.loads((tmp_path / "run" / "split.json").read_text())["santa-rosa-wildfire_00000021"] == "valid"
     assert set(r.tiles) == {f"santa-rosa-wildfire_{t}" for t in tiles}
     assert r.tiles["santa-rosa-wildfire_00000021"].pre_image.name == "santa-rosa-wildfire_00000021_pre_disaster.tif"
-    # 13 + 160 + 195 buildings; tile 21 holds the 2 un-classified ones
+    # 13 + 160 + 195 + 40 buildings; tile 21 holds the 2 un-classified ones
     index = gpd.read_parquet(r.chips_index)
-    assert len(index) == 368 and index["status"].value_counts().to_dict() == {"ok": 366, "excluded": 2}
+    assert len(index) == 408 and index["status"].value_counts().to_dict() == {"ok": 406, "excluded": 2}
     assert r.excluded == {"un-classified": index.loc[index["status"] == "excluded", "footprint_id"].tolist()}
-    assert set(index.loc[index["split"] == "valid", "tile"]) == {"santa-rosa-wildfire_00000021"}
+    assert set(index.loc[index["split"] == "test", "tile"]) == {"santa-rosa-wildfire_00000021"}
     assert r.n_train == 355 and len(r.history) == 2 and r.best_epoch in (1, 2)
-    # per-building output: every building of the validation tile, reference and prediction
     pred = gpd.read_parquet(r.predictions)
-    assert len(pred) == 13 and pred["status"].eq("ok").all() and pred["class_value"].notna().all()
-    assert pred["reference_value"].value_counts().to_dict() == {1: 6, 0: 5, -1: 2}
-    m = r.metrics
-    assert r.n_valid == m.n_samples == 11 == int(m.confusion.sum())
+    assert len(pred) == 53 and pred["status"].eq("ok").all() and pred["class_value"].notna().all()
+    test = pred[pred["part"] == "test"]
+    assert test["reference_value"].value_counts().to_dict() == {1: 6, 0: 5, -1: 2}
+    m = r.test_metrics
+    assert r.n_test == m.n_samples == 11 == int(m.confusion.sum()) and m.confusion.sum(1).tolist() == [5, 6]
     cm = m.confusion
-    assert cm.sum(1).tolist() == [5, 6]  # reference no-damage / destroyed on tile 21
-    scored = pred[pred["reference_value"] >= 0]
-    assert cm.tolist() == pd.crosstab(scored["reference_value"], scored["class_value"]).reindex(
-        index=[0, 1], columns=[0, 1], fill_value=0).to_numpy().tolist()  # fmt: skip
     for k, name in enumerate(["undamaged", "damaged"]):
         tp, fp_, fn = cm[k, k], cm[:, k].sum() - cm[k, k], cm[k, :].sum() - cm[k, k]
         assert 0.0 <= m.f1[name] <= 1.0 and m.f1[name] == pytest.approx(2 * tp / (2 * tp + fp_ + fn))
-    report = json.loads(r.evaluation_json.read_text())
-    assert report["models"]["resnet18"]["confusion"] == cm.tolist() and r.confusion_png.stat().st_size > 1000
-    assert r.history[r.best_epoch - 1].valid_macro_f1 == pytest.approx(m.macro_f1)
+    assert r.confusion_png.name == "evaluation_confusion.png" and r.confusion_png.stat().st_size > 1000
+    assert (tmp_path / "run" / "evaluation_validation_confusion.png").exists()
     # the saved weights + spec rebuild the model and give the same per-building probabilities
     spec = ClassifierSpec.from_dict(json.loads(r.spec_path.read_text()))
-    assert spec.to_dict() == r.spec.to_dict() and spec.chip_size == 64 and spec.extra["valid_tiles"] == r.valid_tiles
+    assert spec.to_dict() == r.spec.to_dict() and spec.chip_size == 64 and spec.extra["test_tiles"] == r.test_tiles
     model = load_weights(ObjectClassifier(spec), r.weights_path)
     tile = r.tiles["santa-rosa-wildfire_00000021"]
     assert spec.stack_pre and len(spec.bands) == 6  # pre image stacked by default
-    again = classify_objects(model, pred.drop(columns=["class_value", "class_name", "confidence", "status"]),
+    again = classify_objects(model, test.drop(columns=["class_value", "class_name", "confidence", "status"]),
                              tile.post_image, pre=tile.pre_image, device="cpu")  # fmt: skip
-    assert np.allclose(again["prob_damaged"], pred["prob_damaged"], atol=1e-5)
-    assert find_xbd_tiles(xbd_dir).keys() >= r.tiles.keys()
+    assert np.allclose(again["prob_damaged"], test["prob_damaged"], atol=1e-5)
+    assert find_xbd_tiles(xbd_dir).keys() >= r.tiles.keys() and len(find_xbd_tiles(xbd_dir)) == 33

@@ -164,7 +164,12 @@ def damage_run(
     catalog: Annotated[str, typer.Option(help="STAC catalog with per-tile pre/post imagery and label Items, or an xBD folder")] = "catalogs/xbd-santarosa/catalog.json",
     out: Annotated[Path, typer.Option(help="run folder for chips, model, per-building table, report and STAC catalog")] = Path("runs/damage"),
     tiles: Annotated[Optional[list[str]], typer.Option("--tile", help="tile id to use (repeatable; default all)")] = None,
-    valid_tiles: Annotated[Optional[list[str]], typer.Option("--valid-tile", help="tile held out for validation (repeatable)")] = None,
+    test_tiles: Annotated[Optional[list[str]], typer.Option("--test-tile", help="test tile, scored only (repeatable); default drawn with --split-seed")] = None,
+    test_regions: Annotated[Optional[str], typer.Option(help="vector file of test regions: tiles with a building centroid inside are test tiles (whole tiles)")] = None,
+    test_fraction: Annotated[float, typer.Option(help="share of tiles drawn as test when no test tile / region is given")] = 0.2,
+    valid_tiles: Annotated[Optional[list[str]], typer.Option("--valid-tile", help="validation tile: picks the epoch (repeatable); default drawn from the non-test tiles")] = None,
+    valid_fraction: Annotated[float, typer.Option(help="share of the non-test tiles drawn for validation")] = 0.2,
+    split_seed: Annotated[int, typer.Option(help="seed of the test / validation draws (the training --seed keeps the split)")] = 0,
     classvalue_field: Annotated[str, typer.Option(help="footprint field with the damage label")] = "subtype",
     class_map: Annotated[str, typer.Option(help="xbd_binary, xbd_destroyed or xbd_four")] = "xbd_binary",
     chip_size: Annotated[int, typer.Option(help="chip edge, pixels")] = 64,
@@ -173,13 +178,15 @@ def damage_run(
     mask_outside: Annotated[Optional[float], typer.Option(help="factor for pixels outside the footprint (0 = black)")] = None,
     model_name: Annotated[str, typer.Option(help="timm classifier (resnet18, resnet34...)")] = "resnet18",
     epochs: Annotated[int, typer.Option(help="training epochs")] = 15,
+    patience: Annotated[Optional[int], typer.Option(help="early stopping: epochs without a better validation macro-F1")] = None,
     lr: Annotated[float, typer.Option(help="peak learning rate of the one-cycle schedule")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="chips per batch")] = 32,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(help="training seed (initialisation, shuffling, augmentation)")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
 ) -> None:
-    """Train a classifier on chips around each footprint, classify the held-out tiles'
-    buildings (class + confidence), evaluate by tile and publish card + per-building Item."""
+    """Train a classifier on chips around each footprint with whole test tiles held out (scored
+    only) and validation tiles picking the epoch; classify the test and validation buildings
+    (class + confidence), report test and validation figures apart and publish card + Item."""
     from staclearn.damage import DamageConfig, run_damage
 
     config = DamageConfig(
@@ -191,9 +198,15 @@ def damage_run(
         mask_outside=mask_outside,
         model_name=model_name,
         epochs=epochs,
+        patience=patience,
         lr=lr,
         batch_size=batch_size,
+        test_tiles=tuple(test_tiles) if test_tiles else None,
+        test_regions=test_regions,
+        test_fraction=test_fraction,
         valid_tiles=tuple(valid_tiles) if valid_tiles else None,
+        valid_fraction=valid_fraction,
+        split_seed=split_seed,
         seed=seed,
         device=device,
     )
@@ -201,7 +214,12 @@ def damage_run(
         result = run_damage(catalog, out, config, tiles=tiles)
     except StaclearnError as err:
         _fail(err)
-    typer.echo(f"buildings: {result.predictions}\nreport:    {result.evaluation_json}\ncatalog:   {result.catalog}")
+    pos = result.classes[-1].name
+    typer.echo(
+        f"test F1({pos}) {result.test_metrics.f1[pos]:.3f} on {result.n_test} buildings of {len(result.test_tiles)} tiles "
+        f"(validation {result.valid_metrics.f1[pos]:.3f})\n"
+        f"buildings: {result.predictions}\nreport:    {result.evaluation_json}\ncatalog:   {result.catalog}"
+    )
 
 
 @change_app.command("run")

@@ -2,22 +2,28 @@
 
 :func:`run_damage` trains and evaluates a building-damage classifier (feature
 categorization) on an xBD-style folder (``images/<tile>_{pre,post}_disaster.tif``,
-``labels/<tile>_{pre,post}_disaster.json``). Each step is a public function of its own
-module:
+``labels/<tile>_{pre,post}_disaster.json``) or a STAC catalog of such tiles. Each step is a
+public function of its own module:
 
-1. :func:`find_xbd_tiles` and :func:`staclearn.footprints.read_xbd_labels` - the footprints
-   of every tile, from the post-disaster label files;
+1. :func:`find_xbd_tiles` / :func:`tiles_from_catalog` and
+   :func:`staclearn.footprints.read_xbd_labels` - the footprints of every tile;
 2. :func:`staclearn.footprints.assign_classes` - raw ``subtype`` -> classes
    (``un-classified`` kept, excluded, reported);
-3. :func:`split_tiles` - whole tiles go to validation, so no tile is on both sides (chips of
-   neighbouring buildings overlap; a random per-building split would leak);
-4. :func:`staclearn.footprint_chips.export_footprint_chips` - one chip per building;
+3. :func:`split_tiles` - whole tiles go to a **test** part (given as tile ids or regions, or
+   drawn with ``split_seed``), then a **validation** part drawn from the rest, then training
+   (the protocol of :mod:`staclearn.splits`). The test tiles serve the final figures only:
+   epoch selection, early stopping, class weights and normalisation statistics use the
+   training and validation tiles;
+4. :func:`staclearn.footprint_chips.export_footprint_chips` - one chip per building (test
+   buildings too, marked ``split == "test"``; they never enter a training or validation
+   dataset);
 5. :class:`staclearn.classify.ClassifierTrainer` - ``fit(epochs, lr)``;
-6. :func:`staclearn.classify.classify_objects` - the validation tiles' buildings;
-7. :mod:`staclearn.evaluate` - per-building confusion matrix and P/R/F1, JSON + PNG.
-
-Publishing (STAC Items, MLM card) is left to the caller; :class:`DamageResult` holds the
-model, its spec, the output paths and the source image paths per tile.
+6. a non-deep baseline on the same training buildings: scikit-learn's
+   ``HistGradientBoostingClassifier`` on per-building colour statistics
+   (:func:`staclearn.footprint_chips.chip_features`);
+7. :func:`staclearn.classify.classify_objects` - the test and validation tiles' buildings;
+8. :mod:`staclearn.evaluate` - per-building figures of the test and validation parts kept
+   apart (``evaluation.json``), and the MLM card + per-building Item (``catalog.json``).
 """
 
 from __future__ import annotations
@@ -32,23 +38,26 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pystac
 
 from staclearn.classifier import ClassifierSpec, ObjectClassifier, build_classifier
 from staclearn.classify import ClassifierEpoch, ClassifierTrainer, classify_objects
 from staclearn.errors import (
     AssetNotFoundError,
-    ConfigError,
     FootprintsNotFoundError,
     NoItemsFoundError,
+    SplitError,
 )
-from staclearn.evaluate import ClassificationMetrics, compute_metrics, write_report
+from staclearn.evaluate import ClassificationMetrics, compute_metrics, summary, write_evaluation
 from staclearn.footprint_chips import (
     FootprintChipDataset,
     chip_band_statistics,
+    chip_features,
     export_footprint_chips,
 )
 from staclearn.footprints import (
+    STATUS_OK,
     ClassMap,
     assign_classes,
     get_class_map,
@@ -57,11 +66,23 @@ from staclearn.footprints import (
 )
 from staclearn.labels import ClassInfo
 from staclearn.models import save_weights
+from staclearn.splits import PART_NAMES, TEST, TRAIN, VALID, part_counts, read_regions, split_description
 
-__all__ = ["XbdTile", "find_xbd_tiles", "tiles_from_catalog", "split_tiles", "DamageConfig", "DamageResult", "run_damage"]
+__all__ = [
+    "XbdTile",
+    "find_xbd_tiles",
+    "tiles_from_catalog",
+    "split_tiles",
+    "tile_folds",
+    "DamageConfig",
+    "DamageResult",
+    "run_damage",
+    "BASELINE_NAME",
+]
 
-TRAIN = "train"
-VALID = "valid"
+_TRAIN, _VALID, _TEST = PART_NAMES[TRAIN], PART_NAMES[VALID], PART_NAMES[TEST]
+#: Name of the non-deep baseline in ``evaluation.json`` and the card's ``staclearn:metrics``.
+BASELINE_NAME = "hist_gradient_boosting"
 
 
 @dataclass(frozen=True)
@@ -126,74 +147,195 @@ def find_xbd_tiles(data_dir: str | os.PathLike[str], tiles: Sequence[str] | None
     return dict(sorted(out.items()))
 
 
-def split_tiles(
-    footprints: gpd.GeoDataFrame,
-    *,
-    valid_tiles: Sequence[str] | None = None,
-    valid_fraction: float = 0.3,
-    seed: int = 0,
-    tile_field: str = "tile",
-    tries: int = 500,
-) -> dict[str, str]:
-    """Assign whole tiles to ``"train"`` or ``"valid"``.
+def _match_tiles(wanted: Sequence[str], tiles: Sequence[str], what: str) -> set[str]:
+    chosen: set[str] = set()
+    for want in wanted:
+        match = [t for t in tiles if t == want or t.endswith(f"_{want}")]
+        if len(match) != 1:
+            raise SplitError(
+                f"{what.capitalize()} {want!r} matches {match or 'no tile'}; give a tile id (or its number, "
+                f"e.g. '00000012') among {list(tiles)}."
+            )
+        chosen.add(match[0])
+    return chosen
 
-    With ``valid_tiles`` those tiles are held out. Otherwise ``round(valid_fraction * T)``
-    tiles (at least 1, at most T - 1) are drawn: among ``tries`` seeded draws, the one that
-    first maximises the number of classes present on both sides, then brings the validation
-    share of labelled footprints (``class_value >= 0``) closest to ``valid_fraction``
-    (the tile version of :func:`staclearn.chips.block_split`).
 
-    Args:
-        footprints: footprints with ``tile_field`` and ``class_value``.
-        valid_tiles: tile ids to hold out (a bare number matches ``*_<number>``).
-        valid_fraction: target share of labelled footprints held out, in (0, 1).
-        seed: random seed.
-        tile_field: tile id column.
-        tries: random draws examined.
+def _tiles_in_regions(footprints: gpd.GeoDataFrame, regions: Any, tile_field: str) -> set[str]:
+    """Tiles with at least one footprint centroid inside the regions (centroids in the UTM zone)."""
+    where = str(regions) if isinstance(regions, (str, os.PathLike)) else "the test regions"
+    geoms = footprints[~(footprints.geometry.isna() | footprints.geometry.is_empty)]
+    if geoms.empty:
+        raise SplitError("No footprint geometry: cannot place tiles in the test regions.")
+    metric = geoms.estimate_utm_crs()
+    area = read_regions(regions, crs=metric).union_all()
+    inside = geoms.to_crs(metric).centroid.intersects(area).to_numpy()
+    found = {str(t) for t in geoms.loc[inside, tile_field]}
+    if not found:
+        tiles = sorted(str(t) for t in footprints[tile_field].unique())
+        raise SplitError(
+            f"No building centroid of the tiles {tiles} lies in {where}; check the regions' CRS and extent "
+            "(GeoJSON is read as EPSG:4326), or give test tiles by id."
+        )
+    return found
 
-    Returns:
-        ``{tile id: "train" | "valid"}`` for every tile of the footprints.
 
-    Raises:
-        ConfigError: fewer than 2 tiles, a bad ``valid_fraction``, unknown ``valid_tiles``, or
-            every tile held out.
+def _draw_tiles(
+    hist: np.ndarray, candidates: np.ndarray, fraction: float, rng: np.random.Generator, tries: int
+) -> np.ndarray:
+    """Rows of ``hist`` (tiles x classes counts) among ``candidates`` drawn as one part.
+
+    ``round(fraction * len(candidates))`` tiles (at least 1, at most all but one). Among
+    ``tries`` draws, the one that first holds the most classes on both sides, then brings
+    each class's share (and the total share) closest to ``fraction``.
     """
-    tiles = sorted(str(t) for t in footprints[tile_field].unique())
-    if valid_tiles is not None:
-        chosen = set()
-        for want in valid_tiles:
-            match = [t for t in tiles if t == want or t.endswith(f"_{want}")]
-            if len(match) != 1:
-                raise ConfigError(f"Validation tile {want!r} matches {match or 'no tile'}; tiles are {tiles}.")
-            chosen.add(match[0])
-        if len(chosen) == len(tiles):
-            raise ConfigError(f"Every tile {tiles} is a validation tile; leave at least one for training.")
-        return {t: VALID if t in chosen else TRAIN for t in tiles}
-    if len(tiles) < 2:
-        raise ConfigError(f"A tile split needs at least 2 tiles, got {tiles}.")
-    if not 0 < valid_fraction < 1:
-        raise ConfigError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
-    labelled = footprints[footprints["class_value"] >= 0]
-    classes = sorted(labelled["class_value"].unique().tolist())
-    hist = np.zeros((len(tiles), len(classes)), dtype=np.int64)
-    for i, t in enumerate(tiles):
-        vc = labelled.loc[labelled[tile_field].astype(str) == t, "class_value"].value_counts()
-        for j, c in enumerate(classes):
-            hist[i, j] = int(vc.get(c, 0))
-    total = max(int(hist.sum()), 1)
-    k = min(max(1, round(valid_fraction * len(tiles))), len(tiles) - 1)
-    rng = np.random.default_rng(seed)
+    n = len(candidates)
+    k = min(max(1, round(fraction * n)), n - 1)
+    total = hist[candidates].sum(0)
+    present = total > 0
     best_key, best = None, None
     for _ in range(tries):
-        pick = np.sort(rng.choice(len(tiles), size=k, replace=False))
+        pick = np.sort(rng.choice(candidates, size=k, replace=False))
         v = hist[pick].sum(0)
-        t = hist.sum(0) - v
-        key = (-int(((v > 0) & (t > 0)).sum()), abs(v.sum() / total - valid_fraction), tuple(pick))
+        rest = total - v
+        share = v[present] / total[present]
+        balance = float(np.abs(share - fraction).mean()) if present.any() else 0.0
+        overall = abs(v.sum() / max(total.sum(), 1) - fraction)
+        key = (-int(((v > 0) & (rest > 0)).sum()), round(balance + overall, 12), tuple(pick.tolist()))
         if best_key is None or key < best_key:
             best_key, best = key, pick
     assert best is not None
-    held = {tiles[i] for i in best}
-    return {t: VALID if t in held else TRAIN for t in tiles}
+    return best
+
+
+def split_tiles(
+    footprints: gpd.GeoDataFrame,
+    *,
+    test_tiles: Sequence[str] | None = None,
+    test_regions: Any = None,
+    test_fraction: float = 0.2,
+    valid_tiles: Sequence[str] | None = None,
+    valid_fraction: float = 0.2,
+    split_seed: int = 0,
+    tile_field: str = "tile",
+    tries: int = 500,
+) -> dict[str, str]:
+    """Assign whole tiles to ``"train"``, ``"valid"`` or ``"test"``.
+
+    The test part is fixed first, then the validation part is drawn from what is left, and
+    the remaining tiles train. Whole tiles only: chips of neighbouring buildings overlap, so a
+    per-building split would leak.
+
+    - Test: the tiles ``test_tiles``, plus every tile with at least one footprint whose
+      centroid (computed in the footprints' UTM zone) lies in ``test_regions`` - so every
+      building inside the regions is a test building, and so are the other buildings of its
+      tile. Without either, ``round(test_fraction * T)`` tiles are drawn with ``split_seed``.
+    - Validation: ``valid_tiles``, else ``round(valid_fraction * R)`` of the R remaining tiles
+      drawn with ``split_seed``.
+
+    A draw is stratified: among ``tries`` seeded draws it keeps the one that first holds the
+    most classes (of the labelled footprints, ``class_value >= 0``) both in the drawn part
+    and in what is left - destroyed and intact buildings on both sides where the tiles allow
+    it -, then brings each class's share of labelled footprints closest to the fraction (the
+    tile version of :func:`staclearn.chips.block_split`).
+
+    Args:
+        footprints: footprints with ``tile_field`` and ``class_value`` (from
+            :func:`~staclearn.footprints.assign_classes`), in any CRS.
+        test_tiles: tile ids of the test part (a bare number matches ``*_<number>``).
+        test_regions: test regions: a vector file geopandas reads (its CRS honoured), a
+            GeoDataFrame / GeoSeries, bbox(es) or a shapely geometry in WGS84 degrees (see
+            :func:`staclearn.splits.read_regions`).
+        test_fraction: target share of tiles (and of each class) in the drawn test part,
+            in (0, 1); used only when neither ``test_tiles`` nor ``test_regions`` is given.
+        valid_tiles: tile ids of the validation part.
+        valid_fraction: target share of the non-test tiles drawn for validation, in (0, 1).
+        split_seed: seed of the draws (independent of the training seed).
+        tile_field: tile id column.
+        tries: random draws examined per part.
+
+    Returns:
+        ``{tile id: "train" | "valid" | "test"}`` for every tile of the footprints, sorted.
+
+    Raises:
+        SplitError: a test / validation tile id matching no tile (or several), a tile both
+            in test and validation, test regions that are unreadable, empty or hold no
+            building centroid, a fraction outside (0, 1), or too few tiles left for
+            validation and training (at least 3 tiles are needed).
+    """
+    if tile_field not in footprints.columns:
+        raise SplitError(f"The footprints have no {tile_field!r} column; columns are {list(footprints.columns)}.")
+    tiles = sorted(str(t) for t in footprints[tile_field].unique())
+    for name, f in (("test_fraction", test_fraction), ("valid_fraction", valid_fraction)):
+        if not 0 < f < 1:
+            raise SplitError(f"{name} must be in (0, 1), got {f}.")
+    if len(tiles) < 3:
+        raise SplitError(f"A train / validation / test split of whole tiles needs at least 3 tiles, got {tiles}.")
+    labelled = footprints[footprints["class_value"] >= 0]
+    classes = sorted(labelled["class_value"].unique().tolist())
+    hist = np.zeros((len(tiles), len(classes)), dtype=np.int64)
+    col = {c: j for j, c in enumerate(classes)}
+    for (t, c), n in labelled.groupby([labelled[tile_field].astype(str), "class_value"]).size().items():
+        hist[tiles.index(t), col[c]] = int(n)
+    rng = np.random.default_rng(split_seed)
+    test: set[str] = set()
+    if test_tiles:
+        test |= _match_tiles(test_tiles, tiles, "test tile")
+    if test_regions is not None:
+        test |= _tiles_in_regions(footprints, test_regions, tile_field)
+    if not test_tiles and test_regions is None:
+        test = {tiles[i] for i in _draw_tiles(hist, np.arange(len(tiles)), test_fraction, rng, tries)}
+    rest = [t for t in tiles if t not in test]
+    if len(rest) < 2:
+        raise SplitError(
+            f"The test part holds {sorted(test)}, leaving {rest}: at least 2 tiles must remain for training and "
+            "validation; give fewer test tiles or smaller test regions."
+        )
+    if valid_tiles:
+        valid = _match_tiles(valid_tiles, tiles, "validation tile")
+        both = sorted(valid & test)
+        if both:
+            raise SplitError(f"Tiles {both} are both test and validation tiles; a tile belongs to one part only.")
+        if len(valid) == len(rest):
+            raise SplitError(f"Every non-test tile {rest} is a validation tile; leave at least one for training.")
+    else:
+        idx = np.array([tiles.index(t) for t in rest])
+        valid = {tiles[i] for i in _draw_tiles(hist, idx, valid_fraction, rng, tries)}
+    return {t: _TEST if t in test else _VALID if t in valid else _TRAIN for t in tiles}
+
+
+def tile_folds(
+    footprints: gpd.GeoDataFrame, k: int, *, seed: int = 0, tile_field: str = "tile"
+) -> list[list[str]]:
+    """Whole tiles in ``k`` cross-validation folds, stratified by class.
+
+    scikit-learn's :class:`~sklearn.model_selection.StratifiedGroupKFold` (tiles as groups,
+    ``class_value`` of the labelled footprints as strata, shuffled with ``seed``): each fold
+    holds whole tiles and about ``1/k`` of every class, so each held-out fold holds destroyed
+    and intact buildings where the tiles allow it. Tiles without a labelled footprint are in
+    no fold (they can only train).
+
+    Args:
+        footprints: footprints with ``tile_field`` and ``class_value``.
+        k: number of folds, at least 2 and at most the number of tiles with labels.
+        seed: shuffling seed.
+        tile_field: tile id column.
+
+    Returns:
+        ``k`` sorted lists of tile ids, disjoint.
+
+    Raises:
+        SplitError: ``k`` out of range.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labelled = footprints[footprints["class_value"] >= 0]
+    groups = labelled[tile_field].astype(str).to_numpy()
+    n_tiles = len(set(groups))
+    if not 2 <= k <= n_tiles:
+        raise SplitError(f"k={k} folds of whole tiles need 2 <= k <= {n_tiles} (the tiles with labelled buildings).")
+    y = labelled["class_value"].to_numpy()
+    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [sorted(set(groups[test])) for _, test in folds.split(np.zeros(len(y)), y, groups)]
 
 
 @dataclass(frozen=True)
@@ -207,24 +349,33 @@ class DamageConfig:
         exclude: raw labels kept out of training and scoring (kept in the outputs).
         chip_size: chip edge in pixels.
         buffer_m: context around each footprint's bounding box, in metres.
-        stack_pre: stack the pre-disaster image after the post one (6 channels for RGB); on
-            the Santa Rosa tiles it lifts held-out F1(destroyed) from a mean of 0.83 to 0.92 (bench).
+        stack_pre: stack the pre-disaster image after the post one (6 channels for RGB).
         mask_outside: factor for pixels outside the footprint (0.0 blacks out, 0.3 darkens);
             ``None`` leaves them.
         model_name: timm classifier (``"resnet18"``, ``"resnet34"``...).
         pretrained: start from timm's pre-trained weights (needs internet or a cache).
-        epochs: training epochs.
+        epochs: training epochs (length of the one-cycle schedule).
+        patience: stop when the validation macro-F1 has not improved for this many epochs
+            (early stopping on the validation tiles, never the test tiles); ``None`` runs
+            every epoch.
         lr: peak learning rate of the one-cycle schedule.
         batch_size: chips per batch.
-        class_weights: ``"balanced"`` (inverse frequency) or ``None``.
+        class_weights: ``"balanced"`` (inverse frequency of the training buildings) or ``None``.
         augment: flips / rotation / zoom / shift and brightness / contrast jitter in training.
-        keep_best: keep the weights of the epoch with the best validation macro-F1 (its
-            figures are then optimistic, the epoch being chosen on the validation tiles);
-            ``False`` keeps the last epoch.
-        valid_tiles: tile ids held out for validation (a bare number matches ``*_<number>``);
-            ``None`` draws them with ``valid_fraction``.
-        valid_fraction: target share of labelled buildings in validation tiles.
-        seed: random seed for the tile split, initialisation, shuffling and augmentation.
+        keep_best: keep the weights of the epoch with the best validation macro-F1 (the
+            validation figures are then optimistic; the test figures are not, the test
+            tiles having made no choice); ``False`` keeps the last epoch.
+        test_tiles: tile ids of the test part (a bare number matches ``*_<number>``).
+        test_regions: test regions: a vector file geopandas reads, a GeoDataFrame, bbox(es)
+            or a shapely geometry in WGS84 degrees; every tile with a footprint centroid in
+            them is a test tile (whole tiles only; see :func:`split_tiles`).
+        test_fraction: share of tiles drawn as test when neither ``test_tiles`` nor
+            ``test_regions`` is given, in (0, 1).
+        valid_tiles: tile ids of the validation part; ``None`` draws them from the non-test
+            tiles with ``valid_fraction``.
+        valid_fraction: share of the non-test tiles drawn for validation, in (0, 1).
+        split_seed: seed of the test / validation draws; changing ``seed`` keeps the split.
+        seed: training seed: initialisation, shuffling, augmentation and the baseline.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         num_workers: DataLoader worker processes.
     """
@@ -239,24 +390,39 @@ class DamageConfig:
     model_name: str = "resnet18"
     pretrained: bool = False
     epochs: int = 15
+    patience: int | None = None
     lr: float = 1e-3
     batch_size: int = 32
     class_weights: str | None = "balanced"
     augment: bool = True
     keep_best: bool = True
+    test_tiles: tuple[str, ...] | None = None
+    test_regions: Any = None
+    test_fraction: float = 0.2
     valid_tiles: tuple[str, ...] | None = None
-    valid_fraction: float = 0.3
+    valid_fraction: float = 0.2
+    split_seed: int = 0
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (the class map by name and mapping)."""
+        """JSON-ready dict (the class map by name and mapping; test regions as a path or a description)."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["class_map"] = get_class_map(self.class_map).to_dict()
         d["exclude"] = list(self.exclude)
         d["valid_tiles"] = None if self.valid_tiles is None else list(self.valid_tiles)
+        d["test_tiles"] = None if self.test_tiles is None else list(self.test_tiles)
+        d["test_regions"] = _regions_text(self.test_regions)
         return d
+
+
+def _regions_text(regions: Any) -> str | None:
+    if regions is None:
+        return None
+    if isinstance(regions, (str, os.PathLike)):
+        return str(regions)
+    return f"{type(regions).__name__} given in code"
 
 
 @dataclass
@@ -266,29 +432,39 @@ class DamageResult:
     Attributes:
         out_dir: the run folder.
         config: the settings used.
-        model: the trained classifier (best epoch), in eval mode.
+        model: the trained classifier (best epoch by validation macro-F1), in eval mode.
         spec: its :class:`~staclearn.classifier.ClassifierSpec` (also in ``spec_path``).
         classes: classes in model output order.
         tiles: ``{tile id: XbdTile}`` of every tile used (source image and label paths).
         train_tiles: training tile ids.
-        valid_tiles: validation tile ids.
+        valid_tiles: validation tile ids (epoch selection, early stopping).
+        test_tiles: test tile ids (final figures only).
+        split: the split record (:func:`staclearn.splits.split_description`: method,
+            ``split_seed``, per-part per-class building counts, tiles per part), also in
+            ``split.json``, ``evaluation.json``, the card and the per-building Item.
         excluded: ``{reason: [footprint ids]}`` from :func:`~staclearn.footprints.assign_classes`.
         history: one record per epoch.
         best_epoch: the epoch whose weights were kept.
-        metrics: per-building metrics on the validation tiles' labelled buildings.
+        test_metrics: per-building metrics of the model on the test tiles' labelled buildings.
+        valid_metrics: the same on the validation tiles (optimistic: they chose the epoch).
+        baseline_metrics: the baseline (:data:`BASELINE_NAME`) on the test buildings.
         n_train: training chips.
         n_valid: validation buildings scored.
-        chips_index: ``chips.parquet`` of every footprint.
+        n_test: test buildings scored.
+        chips_index: ``chips.parquet`` of every footprint (``split`` = train / valid / test).
         weights_path: ``model.safetensors``.
         spec_path: ``model.json`` (the spec).
-        predictions: ``buildings.parquet``: every validation-tile building with its reference
-            (``reference_value``, ``reference_name``, ``label_status``) and predicted class.
-        evaluation_json: ``evaluation.json`` (:func:`staclearn.evaluate.write_report`).
-        confusion_png: ``evaluation_confusion.png``.
+        predictions: ``buildings.parquet``: every test- and validation-tile building with its
+            ``part`` (``"test"`` / ``"valid"``), reference (``reference_value``,
+            ``reference_name``, ``label_status``) and predicted class.
+        evaluation_json: ``evaluation.json`` (:func:`staclearn.evaluate.write_evaluation`):
+            ``"test"`` (model and baseline) and ``"validation"`` (model) kept apart, ``"split"``.
+        confusion_png: ``evaluation_confusion.png`` (test part).
         history_path: ``history.json``.
         catalog: ``catalog.json``: the MLM card (task classification) and the per-building
-            Item (GeoParquet asset) with ``derived_from`` links to the imagery Items and card.
-        timings: seconds per step (``chips``, ``train``, ``classify``) and ``total``.
+            Item (GeoParquet asset), both with ``staclearn:metrics`` ``{"test", "validation"}``
+            and ``staclearn:split``, ``derived_from`` links to the imagery Items and card.
+        timings: seconds per step (``chips``, ``train``, ``baseline``, ``classify``) and ``total``.
     """
 
     out_dir: Path
@@ -299,12 +475,17 @@ class DamageResult:
     tiles: dict[str, XbdTile]
     train_tiles: list[str]
     valid_tiles: list[str]
+    test_tiles: list[str]
+    split: dict[str, Any]
     excluded: dict[str, list[str]]
     history: list[ClassifierEpoch]
     best_epoch: int | None
-    metrics: ClassificationMetrics
+    test_metrics: ClassificationMetrics
+    valid_metrics: ClassificationMetrics
+    baseline_metrics: ClassificationMetrics
     n_train: int
     n_valid: int
+    n_test: int
     chips_index: Path
     weights_path: Path
     spec_path: Path
@@ -322,6 +503,48 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _split_method(config: DamageConfig) -> str:
+    if config.test_tiles or config.test_regions is not None:
+        given = " and ".join(
+            w for w, on in (("by tile id", bool(config.test_tiles)), ("by test regions (tiles with a building centroid inside)", config.test_regions is not None)) if on
+        )
+        test = f"test tiles given {given}"
+    else:
+        test = f"test tiles drawn with split_seed (test_fraction={config.test_fraction:g}), stratified by class"
+    valid = (
+        "validation tiles given by id"
+        if config.valid_tiles
+        else f"validation tiles drawn from the rest with split_seed (valid_fraction={config.valid_fraction:g}), stratified by class"
+    )
+    return f"whole xBD tiles; {test}; {valid}; the rest train"
+
+
+def _score(reference: np.ndarray, predicted: np.ndarray, classes: Sequence[ClassInfo]) -> ClassificationMetrics:
+    return compute_metrics(
+        reference.astype(np.int64), predicted.astype(np.int64), [c.value for c in classes], [c.name for c in classes], ignore_index=None
+    )
+
+
+def _baseline(index: gpd.GeoDataFrame, root: Path, classes: Sequence[ClassInfo], config: DamageConfig) -> np.ndarray:
+    """Class values predicted by the baseline for every row of the chip index (-2 without chip)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    features, _ = chip_features(index, root)
+    has = ~np.isnan(features).any(axis=1)
+    train = has & (index["split"] == _TRAIN).to_numpy() & (index["class_value"] >= 0).to_numpy()
+    clf = HistGradientBoostingClassifier(
+        max_iter=300,
+        learning_rate=0.05,
+        early_stopping=False,  # no held-out choice inside the training buildings
+        class_weight="balanced" if config.class_weights == "balanced" else None,
+        random_state=config.seed,
+    )
+    clf.fit(features[train], index.loc[train, "class_value"].to_numpy())
+    out = np.full(len(index), -2, dtype=np.int64)
+    out[has] = clf.predict(features[has])
+    return out
+
+
 def run_damage(
     data_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -331,12 +554,22 @@ def run_damage(
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> DamageResult:
-    """Train and evaluate a building-damage classifier on an xBD-style folder.
+    """Train a building-damage classifier and score it on test tiles that made no choice.
+
+    The tiles are split whole (:func:`split_tiles`): test tiles (``config.test_tiles`` /
+    ``test_regions``, or drawn with ``split_seed``), validation tiles drawn from the rest,
+    training tiles. Normalisation statistics and class weights come from the training
+    buildings, the kept epoch and early stopping from the validation buildings; the test
+    buildings are chipped (``split == "test"`` in ``chips.parquet``) and classified, never
+    trained or validated on. A baseline (:data:`BASELINE_NAME`) is fitted on the same
+    training buildings and scored on the same test buildings.
 
     Outputs in ``out_dir``: ``chips/`` + ``chips.parquet`` + ``chips.json`` (every
     building), ``model.safetensors`` + ``model.json`` (spec), ``history.json``,
-    ``split.json`` (tile -> split), ``buildings.parquet`` (validation-tile buildings with
-    reference and prediction), ``evaluation.json`` + ``evaluation_confusion.png``.
+    ``split.json`` (the split record, tiles per part), ``buildings.parquet`` (test- and
+    validation-tile buildings with ``part``, reference and prediction), ``evaluation.json``
+    (``"test"``, ``"validation"``, ``"split"``) + ``evaluation_confusion.png`` (test) +
+    ``evaluation_validation_confusion.png``, ``catalog.json`` (card + per-building Item).
 
     Args:
         data_dir: a STAC catalog laid out like ``catalogs/xbd-santarosa`` (see
@@ -353,7 +586,7 @@ def run_damage(
     Raises:
         FootprintsNotFoundError, NoItemsFoundError: as :func:`find_xbd_tiles`.
         FieldNotFoundError, LabelError: as :func:`~staclearn.footprints.assign_classes`.
-        ConfigError: bad split settings, or no labelled validation building.
+        SplitError: as :func:`split_tiles`, or a part without a labelled building with a chip.
     """
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -368,11 +601,21 @@ def run_damage(
         found = find_xbd_tiles(data_dir, tiles)
     footprints = read_footprints(read_xbd_labels([t.post_labels for t in found.values()]))
     footprints, excluded = assign_classes(footprints, config.classvalue_field, cmap, exclude=config.exclude)
-    split = split_tiles(footprints, valid_tiles=config.valid_tiles, valid_fraction=config.valid_fraction, seed=config.seed)
-    train_tiles = [t for t, s in split.items() if s == TRAIN]
-    valid_tiles = [t for t, s in split.items() if s == VALID]
-    _write_json(out / "split.json", split)
-    log(f"{len(footprints)} buildings on {len(found)} tiles; validation tiles {valid_tiles}; excluded {excluded and {k: len(v) for k, v in excluded.items()}}")
+    split = split_tiles(
+        footprints,
+        test_tiles=config.test_tiles,
+        test_regions=config.test_regions,
+        test_fraction=config.test_fraction,
+        valid_tiles=config.valid_tiles,
+        valid_fraction=config.valid_fraction,
+        split_seed=config.split_seed,
+    )
+    part_tiles = {p: [t for t, s in split.items() if s == p] for p in (_TRAIN, _VALID, _TEST)}
+    train_tiles, valid_tiles, test_tiles = part_tiles[_TRAIN], part_tiles[_VALID], part_tiles[_TEST]
+    log(
+        f"{len(footprints)} buildings on {len(found)} tiles; test tiles {test_tiles}; validation tiles {valid_tiles}; "
+        f"excluded {excluded and {k: len(v) for k, v in excluded.items()}}"
+    )
 
     post = {t: x.post_image for t, x in found.items()}
     pre: Mapping[str, Path] | None = None
@@ -382,7 +625,7 @@ def run_damage(
             raise FootprintsNotFoundError(f"stack_pre=True but tiles {missing} have no pre-disaster image.")
         pre = {t: x.pre_image for t, x in found.items() if x.pre_image is not None}
     t0 = time.perf_counter()
-    export_footprint_chips(
+    index = export_footprint_chips(
         footprints,
         post,
         out,
@@ -396,11 +639,31 @@ def run_damage(
     bands = json.loads((out / "chips.json").read_text(encoding="utf-8"))["bands"]
     chips_index = out / "chips.parquet"
 
-    train_ds = FootprintChipDataset(chips_index, TRAIN, classes=classes, cache=True)
-    valid_ds = FootprintChipDataset(chips_index, VALID, classes=classes, cache=True)
-    if len(valid_ds) == 0:
-        raise ConfigError(f"No labelled building with a chip on the validation tiles {valid_tiles}; choose others.")
-    mean, std = chip_band_statistics(chips_index, TRAIN)
+    # the split record counts the labelled buildings with a chip, i.e. those trained / scored on
+    lut = {c.value: i for i, c in enumerate(classes)}
+    usable = (index["status"] == STATUS_OK) & index["chip"].notna() & (index["class_value"] >= 0)
+    labels = np.where(usable, index["class_value"].map(lut).fillna(255), 255).astype(np.int64)
+    codes = index["split"].map({v: k for k, v in PART_NAMES.items()}).fillna(-1).astype(np.int64).to_numpy()
+    counts = part_counts(labels, codes, [c.name for c in classes])
+    for part in (_VALID, _TEST):
+        if sum(counts[part].values()) == 0:
+            raise SplitError(
+                f"No labelled building with a chip on the {part} tiles {part_tiles[part]}; choose other tiles or another split_seed."
+            )
+    given_all = bool(config.test_tiles or config.test_regions is not None) and bool(config.valid_tiles)
+    record = split_description(
+        _split_method(config),
+        split_seed=None if given_all else config.split_seed,
+        counts=counts,
+        unit="buildings",
+        tiles={_TRAIN: train_tiles, _VALID: valid_tiles, _TEST: test_tiles},
+        test_regions=_regions_text(config.test_regions),
+    )
+    _write_json(out / "split.json", record)
+
+    train_ds = FootprintChipDataset(chips_index, _TRAIN, classes=classes, cache=True)
+    valid_ds = FootprintChipDataset(chips_index, _VALID, classes=classes, cache=True)
+    mean, std = chip_band_statistics(chips_index, _TRAIN)
     model = build_classifier(
         bands,
         classes,
@@ -416,6 +679,7 @@ def run_damage(
             "classvalue_field": config.classvalue_field,
             "train_tiles": train_tiles,
             "valid_tiles": valid_tiles,
+            "test_tiles": test_tiles,
         },
     )
     trainer = ClassifierTrainer(
@@ -433,9 +697,11 @@ def run_damage(
     t0 = time.perf_counter()
 
     def on_epoch(r: ClassifierEpoch) -> None:
-        log(f"epoch {r.epoch}: train loss {r.train_loss:.3f}, valid loss {r.valid_loss:.3f}, macro-F1 {r.valid_macro_f1:.3f}")
+        log(f"epoch {r.epoch}: train loss {r.train_loss:.3f}, valid loss {r.valid_loss:.3f}, valid macro-F1 {r.valid_macro_f1:.3f}")
 
-    history = trainer.fit(config.epochs, config.lr, progress=progress, on_epoch=on_epoch, keep_best=config.keep_best)
+    history = trainer.fit(
+        config.epochs, config.lr, progress=progress, on_epoch=on_epoch, keep_best=config.keep_best, patience=config.patience
+    )
     timings["train"] = time.perf_counter() - t0
     model = trainer.model  # type: ignore[assignment]
     model.cpu()
@@ -445,37 +711,47 @@ def run_damage(
     history_path = out / "history.json"
     _write_json(history_path, {"best_epoch": trainer.best_epoch, "epochs": trainer.history_table()})
 
-    valid_fp = footprints[footprints["tile"].isin(valid_tiles)].rename(
+    t0 = time.perf_counter()
+    baseline = pd.Series(_baseline(index, out, classes, config), index=index["footprint_id"].to_numpy())
+    timings["baseline"] = time.perf_counter() - t0
+
+    scored_tiles = test_tiles + valid_tiles
+    held = footprints[footprints["tile"].isin(scored_tiles)].rename(
         columns={"class_value": "reference_value", "class_name": "reference_name", "status": "label_status"}
     )
+    held = held.assign(part=held["tile"].map(split))
     t0 = time.perf_counter()
     predictions = out / "buildings.parquet"
     pred = classify_objects(
         model,
-        valid_fp,
-        {t: post[t] for t in valid_tiles},
-        pre=None if pre is None else {t: pre[t] for t in valid_tiles},
+        held,
+        {t: post[t] for t in scored_tiles},
+        pre=None if pre is None else {t: pre[t] for t in scored_tiles},
         batch_size=config.batch_size,
         device=config.device,
         out_path=predictions,
     )
     timings["classify"] = time.perf_counter() - t0
-    scored = pred[pred["reference_value"] >= 0]
-    predicted = scored["class_value"].fillna(-2).astype(np.int64).to_numpy()
-    metrics = compute_metrics(
-        scored["reference_value"].astype(np.int64).to_numpy(),
-        predicted,
-        [c.value for c in classes],
-        [c.name for c in classes],
-        ignore_index=None,
-    )
-    evaluation_json, confusion_png = write_report({config.model_name: metrics}, out)
+    results: dict[str, dict[str, ClassificationMetrics]] = {}
+    for part, key in ((_TEST, "test"), (_VALID, "validation")):
+        scored = pred[(pred["part"] == part) & (pred["reference_value"] >= 0)]
+        ref = scored["reference_value"].to_numpy()
+        results[key] = {config.model_name: _score(ref, scored["class_value"].fillna(-2).to_numpy(), classes)}
+        if part == _TEST:
+            base = baseline.reindex(scored["footprint_id"].to_numpy()).fillna(-2).to_numpy()
+            results[key][BASELINE_NAME] = _score(ref, base, classes)
+    evaluation_json, pngs = write_evaluation(results, out, split=record)
+    test_m, valid_m = results["test"][config.model_name], results["validation"][config.model_name]
+    base_m = results["test"][BASELINE_NAME]
     catalog = _publish(
-        out, model, weights_path, predictions, evaluation_json, config, metrics, trainer.best_epoch,
-        train_tiles, valid_tiles, tile_items,
-    )
+        out, model, weights_path, predictions, evaluation_json, config, results, record, trainer.best_epoch,
+        train_tiles, valid_tiles, test_tiles, tile_items,
+    )  # fmt: skip
     timings["total"] = time.perf_counter() - t_start
-    log(f"validation: OA {metrics.overall_accuracy:.3f}, macro-F1 {metrics.macro_f1:.3f}, F1 {metrics.f1}")
+    log(
+        f"test: macro-F1 {test_m.macro_f1:.3f}, F1 {test_m.f1} ({BASELINE_NAME}: macro-F1 {base_m.macro_f1:.3f}); "
+        f"validation: macro-F1 {valid_m.macro_f1:.3f}"
+    )
     return DamageResult(
         out_dir=out,
         config=config,
@@ -485,18 +761,23 @@ def run_damage(
         tiles=found,
         train_tiles=train_tiles,
         valid_tiles=valid_tiles,
+        test_tiles=test_tiles,
+        split=record,
         excluded=excluded,
         history=history,
         best_epoch=trainer.best_epoch,
-        metrics=metrics,
+        test_metrics=test_m,
+        valid_metrics=valid_m,
+        baseline_metrics=base_m,
         n_train=len(train_ds),
-        n_valid=int(metrics.n_samples),
+        n_valid=int(valid_m.n_samples),
+        n_test=int(test_m.n_samples),
         chips_index=chips_index,
         weights_path=weights_path,
         spec_path=spec_path,
         predictions=predictions,
         evaluation_json=evaluation_json,
-        confusion_png=confusion_png,
+        confusion_png=pngs["test"],
         history_path=history_path,
         catalog=catalog,
         timings=timings,
@@ -563,10 +844,12 @@ def _publish(
     predictions: Path,
     evaluation_json: Path,
     config: DamageConfig,
-    metrics: ClassificationMetrics,
+    results: Mapping[str, Mapping[str, ClassificationMetrics]],
+    record: Mapping[str, Any],
     best_epoch: int | None,
     train_tiles: list[str],
     valid_tiles: list[str],
+    test_tiles: list[str],
     tile_items: dict[str, dict[str, pystac.Item]],
 ) -> Path:
     """Write the MLM card and the per-building Item into ``out/catalog.json``."""
@@ -574,6 +857,7 @@ def _publish(
     from staclearn.publish import vector_item, write_catalog
 
     run_id = out.resolve().name
+    metrics = {part: {name: summary(m) for name, m in models.items()} for part, models in results.items()}
     imagery = [tile_items[t][k] for t in train_tiles if t in tile_items for k in ("pre", "post", "labels") if k in tile_items[t]]
     card = model_card(
         model,
@@ -581,6 +865,7 @@ def _publish(
         id=f"{run_id}-model",
         hyperparameters={
             "epochs": config.epochs,
+            "patience": config.patience,
             "lr": config.lr,
             "lr_schedule": "one-cycle",
             "optimizer": "AdamW",
@@ -589,11 +874,12 @@ def _publish(
             "augmentation": "kornia flips/rotation/zoom/shift" if config.augment else "none",
             "stack_pre": config.stack_pre,
             "seed": config.seed,
+            "split_seed": config.split_seed,
             "best_epoch": best_epoch,
-            "split": f"by tile; validation tiles {valid_tiles}",
+            "split": f"by tile; test tiles {test_tiles}; validation tiles {valid_tiles}",
         },
         training_items=imagery,
-        metrics={config.model_name: {"overall_accuracy": metrics.overall_accuracy, "macro_f1": metrics.macro_f1, "f1": metrics.to_dict()["f1"]}},
+        metrics=metrics,
         description=f"Building-damage classifier ({config.model_name}) on chips around each footprint, trained by staclearn.",
         input_description=(
             "Post-disaster bands then pre-disaster bands of one chip centred on a footprint"
@@ -602,12 +888,17 @@ def _publish(
         )
         + f" ({model.spec.chip_size} x {model.spec.chip_size} px, {model.spec.buffer_m:g} m buffer, resampled).",
     )
+    card.properties["staclearn:split"] = dict(record)
     card.add_asset(
         "evaluation",
-        pystac.Asset(str(evaluation_json.resolve()), media_type=pystac.MediaType.JSON, roles=["metadata"], title="Evaluation on held-out tiles"),
-    )
+        pystac.Asset(
+            str(evaluation_json.resolve()), media_type=pystac.MediaType.JSON, roles=["metadata"],
+            title="Evaluation: test tiles and validation tiles apart",
+        ),
+    )  # fmt: skip
     table = gpd.read_parquet(predictions)
-    sources = [tile_items[t][k] for t in valid_tiles if t in tile_items for k in ("pre", "post") if k in tile_items[t]]
+    scored = test_tiles + valid_tiles
+    sources = [tile_items[t][k] for t in scored if t in tile_items for k in ("pre", "post") if k in tile_items[t]]
     result = vector_item(
         str(predictions.resolve()),
         table,
@@ -615,7 +906,9 @@ def _publish(
         classes=model.spec.classes,
         source_items=sources,
         model_card=card,
-        title="Buildings with predicted damage class and confidence",
+        title="Buildings of the test and validation tiles with predicted damage class and confidence",
     )
+    result.properties["staclearn:metrics"] = metrics
+    result.properties["staclearn:split"] = dict(record)
     write_catalog([card, result], out, id=run_id, description="staclearn building-damage run")
     return out / "catalog.json"
