@@ -424,6 +424,69 @@ def _strip_secrets(item: pystac.Item) -> None:
             link.target = unsigned_href(link.target)
 
 
+_STRUCTURAL = frozenset({"self", "root", "parent", "child", "item", "collection"})
+
+
+def _absolute_links(obj: pystac.STACObject) -> None:
+    """Resolve the non-structural link hrefs of ``obj`` against its current self href (in
+    place), so they survive the move of ``obj`` into another catalog."""
+    from pystac.utils import make_absolute_href
+
+    start = obj.get_self_href()
+    for link in obj.links:
+        if link.rel in _STRUCTURAL or not isinstance(link.target, str):
+            continue
+        href = link.target
+        if start is not None and not _is_url(href) and not os.path.isabs(_local(href)):
+            href = make_absolute_href(href, start)
+        link.target = unsigned_href(href)
+
+
+def _portable_href(href: str, start: str, local_start: str | None) -> str:
+    """The href a published object at ``start`` writes for a link to ``href``.
+
+    http(s) targets keep their canonical (unsigned) absolute URL; targets on the same object
+    store or filesystem root as ``start`` become relative, so the catalog can be moved or
+    copied along with its neighbours; a local target seen from an object-store ``start``
+    is made relative to ``local_start`` (where that object lies in the local layout the
+    catalog was copied from), else kept as a ``file://`` URI.
+    """
+    href = unsigned_href(href)
+    if href.startswith(("http://", "https://")):
+        return href
+    if _is_url(href):
+        same_store = _is_url(start) and urlsplit(href)[:2] == urlsplit(start)[:2]
+        return make_relative_href(href, start) if same_store else href
+    path = Path(_local(href))
+    if _is_url(start):
+        if local_start is None:
+            return path.resolve().as_uri()
+        start = local_start
+    start_dir = Path(_local(start)).parent
+    if path.anchor != start_dir.anchor:  # another drive: no relative path exists
+        return path.as_uri()
+    return Path(os.path.relpath(path, start_dir)).as_posix()
+
+
+def _portable_links(obj: pystac.STACObject, root: str, base: Path | None) -> None:
+    """Rewrite the non-structural links of ``obj`` (already at its final self href under
+    ``root``) with :func:`_portable_href`."""
+    start = obj.get_self_href()
+    if start is None:
+        return
+    local_start = None
+    if _is_url(start) and base is not None and start.startswith(root.rstrip("/") + "/"):
+        local_start = str(base / start[len(root.rstrip("/")) + 1 :])
+    for link in obj.links:
+        if link.rel in _STRUCTURAL:
+            continue
+        target = link.target
+        href = target if isinstance(target, str) else target.get_self_href()
+        if href is None:
+            continue
+        link.target = _portable_href(href, start, local_start)
+
+
 def write_catalog(
     items: Sequence[pystac.Item],
     target: str | os.PathLike[str],
@@ -441,7 +504,12 @@ def write_catalog(
     ``target`` is a local folder or any fsspec URL (``memory://``, ``s3://bucket/prefix``,
     ``file:///...``). Asset files that are local and not already under ``target`` are copied
     there, so the catalog stands on its own: under ``asset_root`` they keep their relative
-    path, elsewhere they go next to their Item. All hrefs in the catalog are relative. Every
+    path, elsewhere they go next to their Item. The catalog is relocatable: every href
+    between its own objects and to its assets is relative, and links to sources outside it
+    (``derived_from`` the imagery, the model card) are their canonical absolute URL when
+    remote (http(s), unsigned) and relative when local (same filesystem root), never an
+    absolute machine path; from an object-store ``target`` a local source is linked relative
+    to where the object lies under ``asset_root`` (a ``file://`` URI without one). Every
     href is unsigned first (query strings such as Planetary Computer SAS tokens are dropped)
     so no secret is published. Local JSON and copied files are written to a temporary name
     and renamed, so an interrupted run leaves no truncated output.
@@ -497,13 +565,18 @@ def write_catalog(
 
     for item in items:
         _strip_secrets(item)
+        _absolute_links(item)
+    # a link to another Item being published follows it to its new place
+    by_href = {os.path.normpath(_local(h)): i for i in items if (h := i.get_self_href())}
+    for item in items:
+        for link in item.links:
+            if link.rel not in _STRUCTURAL and isinstance(link.target, str):
+                link.target = by_href.get(os.path.normpath(_local(link.target)), link.target)
         place(item.id, f"{cid}/{item.id}", item.assets)
         item.collection_id = cid
     for child in children:
+        _absolute_links(child)
         place(child.id, child.id, child.assets)
-        for link in child.links:
-            if link.rel == "derived_from" and isinstance(link.target, str):
-                link.target = unsigned_href(link.target)
         cat.add_child(child)
     extent = pystac.Extent.from_items(items) if items else pystac.Extent(
         pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]), pystac.TemporalExtent([[None, None]])
@@ -515,10 +588,8 @@ def write_catalog(
     cat.make_all_asset_hrefs_relative()
     for child in children:
         child.make_all_asset_hrefs_relative()
-    for item in items:  # derived_from links between Items of this catalog become relative
-        for link in item.links:
-            if link.rel == "derived_from" and isinstance(link.target, pystac.Item) and link.target in items:
-                link.target = make_relative_href(link.target.get_self_href(), item.get_self_href())
+    for obj in [*items, *children]:  # derived_from and other links: relative, or canonical URLs
+        _portable_links(obj, root, base)
     cat.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, stac_io=FsspecStacIO())
     return cat
 
