@@ -373,15 +373,23 @@ def read_card(href: str | os.PathLike[str]) -> pystac.Item:
         ) from err
 
 
-def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel | SiameseDiffUnet | ObjectClassifier:
+def load_model(
+    card: str | os.PathLike[str] | pystac.Item, *, engine: str = "torch", device: str = "cpu"
+) -> SegmentationModel | SiameseDiffUnet | ObjectClassifier:
     """Rebuild a trained model from its MLM card alone.
 
     Reads the card (local path or http(s)/fsspec URL), rebuilds the architecture, loads the
     safetensors weights of the ``mlm:model`` asset and restores band order, normalisation and
-    classes. Nothing is unpickled and no code from the card is executed.
+    classes. Nothing is unpickled and no code from the card is executed. With ``engine``
+    ``"auto"`` or ``"onnx"`` the card's ONNX asset (:func:`staclearn.engines.add_onnx_artifact`)
+    is run by ONNX Runtime instead, when ``onnxruntime`` is installed (see
+    :mod:`staclearn.engines`); ``model.engine`` says which engine was chosen.
 
     Args:
         card: path/URL of the card Item JSON, or the Item.
+        engine: ``"torch"`` (default: a trainable PyTorch module), ``"onnx"`` (ONNX Runtime;
+            falls back to PyTorch with a warning) or ``"auto"`` (ONNX Runtime when possible).
+        device: for the ONNX engine, ``"cuda"`` selects ONNX Runtime's CUDA provider.
 
     Returns:
         The model in eval mode; ``model.spec`` holds bands, normalisation and classes. A
@@ -393,9 +401,13 @@ def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel 
         ModelCardError: the card has no ``mlm:model`` asset or lacks MLM fields.
         UnsafeWeightsError: the weights are not safetensors.
     """
+    from staclearn.engines import load_onnx_model, resolve_engine
+
     item = card if isinstance(card, pystac.Item) else read_card(card)
     spec = spec_from_card(item)
-    assets = [a for a in item.assets.values() if "mlm:model" in (a.roles or [])]
+    if resolve_engine(engine, item) == "onnx":
+        return load_onnx_model(item, spec, device=device)  # type: ignore[return-value]
+    assets = [a for a in item.assets.values() if "mlm:model" in (a.roles or []) and a.extra_fields.get("mlm:artifact_type") != "torch.onnx.export"]
     if not assets:
         raise ModelCardError(f"Model card {item.id!r} has no asset with role 'mlm:model' (the weights).")
     model: SegmentationModel | SiameseDiffUnet | ObjectClassifier = (
@@ -403,4 +415,5 @@ def load_model(card: str | os.PathLike[str] | pystac.Item) -> SegmentationModel 
     )
     href = assets[0].get_absolute_href() or assets[0].href
     load_weights(model, href)
+    model.engine = "torch"  # type: ignore[assignment]
     return model.eval()
