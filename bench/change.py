@@ -1,6 +1,6 @@
 """Benchmark: change detection on real OSCD cities, one test city per run (leave one city out).
 
-For each test city (all six by default) and each training seed, :func:`staclearn.change.run_change`
+For each test city (all eleven of ``catalogs/oscd`` by default) and each training seed, :func:`staclearn.change.run_change`
 trains a change model on the other cities but one, chooses its epoch on that validation city
 (drawn with ``--split-seed`` from the non-test cities, the same for every training seed),
 and evaluates it on the test city beside change vector analysis (threshold fitted on the
@@ -29,7 +29,9 @@ import torch
 from staclearn.change import ChangeConfig, run_change
 
 CATALOG = Path(__file__).parents[1] / "catalogs" / "oscd" / "catalog.json"
-CITIES = ("aguasclaras", "bercy", "bordeaux", "nantes", "paris", "rennes")
+CITIES = (
+    "aguasclaras", "beihai", "beirut", "bercy", "bordeaux", "cupertino", "nantes", "paris", "pisa", "rennes", "saclay_e",
+)
 
 
 def main() -> None:

@@ -1,12 +1,15 @@
 """Build the static STAC catalog ``catalogs/oscd`` for the Onera Satellite Change Detection data.
 
-The data are six cities of the OSCD dataset (Daudt et al. 2018, "Urban change detection for
+The data are eleven cities of the OSCD dataset (Daudt et al. 2018, "Urban change detection for
 multispectral earth observation using convolutional neural networks", IGARSS), as
 redistributed in ChenHongruixuan/ChangeDetectionRepository @ 020f770 (``Dataset/OSCD/``):
 for each city two Sentinel-2 L1C acquisitions (``imgs_1/``, ``imgs_2/``), each as 13
 single-band uint16 GeoTIFFs in EPSG:4326 (the 10, 20 and 60 m bands on three different
 grids), the acquisition days in ``dates.txt`` and the change mask ``cm/<city>-cm_georef.tif``
-(1 = no change, 2 = change) on the grid of the 10 m band B02.
+(1 = no change, 2 = change) on the grid of the 10 m band B02 of the first date. saclay_e's
+second date lies on a slightly different grid than its first (same bounds), as in the
+source; each asset's ``proj:*`` fields describe its own grid, so loaders align the pair by
+georeference.
 
 Usage::
 
@@ -45,7 +48,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA_DIR = REPO.parent / "shared" / "data" / "change" / "oscd"
 
 COLLECTION_ID = "oscd"
-CITIES = ("aguasclaras", "bercy", "bordeaux", "nantes", "paris", "rennes")
+CITIES = (
+    "aguasclaras", "beihai", "beirut", "bercy", "bordeaux", "cupertino", "nantes", "paris", "pisa", "rennes", "saclay_e",
+)
 CITY_PROPERTY = "staclearn:city"
 #: SPDX id of the OSCD labels' licence (the images are Copernicus Sentinel data, free and open).
 LICENSE = "CC-BY-NC-SA-4.0"
@@ -292,11 +297,10 @@ def build_catalog(data_dir: Path, out_dir: Path, relative_hrefs: bool) -> pystac
     ends = [i.common_metadata.end_datetime for i in items]
     collection = pystac.Collection(
         id=COLLECTION_ID,
-        title="Onera Satellite Change Detection (OSCD), 6 cities",
+        title=f"Onera Satellite Change Detection (OSCD), {len(CITIES)} cities",
         description=(
-            "Pairs of Sentinel-2 L1C acquisitions (13 bands) of six cities (aguasclaras, "
-            "bercy, bordeaux, nantes, paris, rennes) with manually annotated urban-change "
-            "masks, from the Onera Satellite Change Detection dataset (Daudt, Le Saux, "
+            f"Pairs of Sentinel-2 L1C acquisitions (13 bands) of {len(CITIES)} cities ({', '.join(CITIES)}) "
+            "with manually annotated urban-change masks, from the Onera Satellite Change Detection dataset (Daudt, Le Saux, "
             "Boulch and Gousseau 2018, IGARSS). Images: Copernicus Sentinel data; labels: "
             "CC BY-NC-SA 4.0 (non-commercial use)."
         ),

@@ -510,37 +510,39 @@ def oscd_groups():
     return _group_pairs(open_items(OSCD_CATALOG), "staclearn:city")
 
 
-OSCD_CITIES = ["aguasclaras", "bercy", "bordeaux", "nantes", "paris", "rennes"]
+OSCD_CITIES = ["aguasclaras", "beihai", "beirut", "bercy", "bordeaux", "cupertino", "nantes", "paris", "pisa", "rennes", "saclay_e"]
 
 
 def test_drawn_split_is_whole_cities_and_depends_on_split_seed_only(oscd_groups):
     splits = {seed: split_cities(oscd_groups, split_seed=seed) for seed in range(6)}
     for seed, s in splits.items():
         assert isinstance(s, CitySplit) and s.split_seed == seed
-        assert (len(s.train), len(s.valid), len(s.test)) == (4, 1, 1)  # 20 % of 6 and of 5 cities, at least 1
+        assert (len(s.train), len(s.valid), len(s.test)) == (7, 2, 2)  # 20 % of 11 and of 9 cities, rounded
         assert sorted([*s.train, *s.valid, *s.test]) == OSCD_CITIES
         assert s == split_cities(oscd_groups, split_seed=seed)  # same seed, same split
         assert s.as_dict() == {"train": list(s.train), "valid": list(s.valid), "test": list(s.test)}
     assert len({s.test for s in splits.values()}) > 1  # the seed does draw
-    assert splits[0] == CitySplit(("aguasclaras", "bercy", "bordeaux", "paris"), ("nantes",), ("rennes",), splits[0].method, 0)
+    assert splits[0].test == ("paris", "pisa") and splits[0].valid == ("beirut", "saclay_e")
     assert "test and validation cities drawn with split_seed" in splits[0].method
-    two = split_cities(oscd_groups, split_seed=0, test_count=2, valid_fraction=0.5)
-    assert (len(two.train), len(two.valid), len(two.test)) == (2, 2, 2)
+    one = split_cities(oscd_groups, split_seed=0, test_count=1, valid_fraction=0.5)
+    assert (len(one.train), len(one.valid), len(one.test)) == (5, 5, 1)
+    small = {c: oscd_groups[c] for c in ("paris", "rennes", "bercy")}
+    assert [len(p) for p in split_cities(small, split_seed=1).as_dict().values()] == [1, 1, 1]  # at least one each
 
 
 def test_given_test_cities_and_item_ids_are_honoured(oscd_groups):
     s = split_cities(oscd_groups, test_items=["paris-labels", "nantes-20150821"], split_seed=3)
-    assert s.test == ("nantes", "paris") and "nantes" not in s.valid and len(s.valid) == 1
+    assert s.test == ("nantes", "paris") and not {"nantes", "paris"} & set(s.valid) and len(s.valid) == 2
     assert s.split_seed == 3 and "validation cities drawn with split_seed, test cities given" in s.method
     s = split_cities(oscd_groups, test_cities=["bercy"], test_items=["rennes-20170621"], valid_cities=["paris"])
-    assert (s.train, s.valid, s.test) == (("aguasclaras", "bordeaux", "nantes"), ("paris",), ("bercy", "rennes"))
+    assert (s.valid, s.test) == (("paris",), ("bercy", "rennes")) and len(s.train) == 8 and "nantes" in s.train
     assert s.split_seed is None and s.method == "whole cities; test and validation cities given"
 
 
 def test_only_validation_cities_given_draws_test_cities_from_the_rest(oscd_groups):
     for seed in range(5):
         s = split_cities(oscd_groups, valid_cities=["bercy"], split_seed=seed)
-        assert s.valid == ("bercy",) and len(s.test) == 1 and "bercy" not in s.test and len(s.train) == 4
+        assert s.valid == ("bercy",) and len(s.test) == 2 and "bercy" not in s.test and len(s.train) == 8
     three = {c: oscd_groups[c] for c in ("paris", "rennes", "bercy")}
     s = split_cities(three, valid_cities=["bercy"])
     assert s.valid == ("bercy",) and len(s.test) == len(s.train) == 1
@@ -549,7 +551,7 @@ def test_only_validation_cities_given_draws_test_cities_from_the_rest(oscd_group
 
 
 def test_bad_split_requests_name_what_was_asked_and_what_exists(oscd_groups):
-    with pytest.raises(SplitError, match=r"test_cities \['atlantis'\] are not cities.*\['aguasclaras', 'bercy',.*'rennes'\]"):
+    with pytest.raises(SplitError, match=r"test_cities \['atlantis'\] are not cities.*\['aguasclaras', 'beihai',.*'saclay_e'\]"):
         split_cities(oscd_groups, test_cities=["atlantis", "paris"])
     with pytest.raises(SplitError, match=r"valid_cities \['lyon'\] are not cities"):
         split_cities(oscd_groups, valid_cities=["lyon"])
@@ -559,8 +561,8 @@ def test_bad_split_requests_name_what_was_asked_and_what_exists(oscd_groups):
         split_cities(oscd_groups, test_items=["paris-labels"], valid_cities=["paris"])
     with pytest.raises(SplitError, match="leave no training city"):
         split_cities(oscd_groups, test_cities=OSCD_CITIES[:3], valid_cities=OSCD_CITIES[3:])
-    with pytest.raises(SplitError, match="Cannot draw 5 validation cities"):
-        split_cities(oscd_groups, test_cities=["paris"], valid_count=5)
+    with pytest.raises(SplitError, match="Cannot draw 10 validation cities"):
+        split_cities(oscd_groups, test_cities=["paris"], valid_count=10)
     with pytest.raises(SplitError, match="test_fraction"):
         split_cities(oscd_groups, test_fraction=1.5)
     with pytest.raises(SplitError, match=r"Cannot draw 2 test cities from \['bercy', 'paris'\]"):

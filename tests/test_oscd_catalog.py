@@ -23,15 +23,20 @@ from staclearn.validate import validate_catalog
 
 CATALOG = REPO / "catalogs" / "oscd" / "catalog.json"
 OSCD = SHARED_DIR / "data" / "change" / "oscd"
-CITIES = ["aguasclaras", "bercy", "bordeaux", "nantes", "paris", "rennes"]
+CITIES = ["aguasclaras", "beihai", "beirut", "bercy", "bordeaux", "cupertino", "nantes", "paris", "pisa", "rennes", "saclay_e"]
 BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"]
 DATES = {  # dates.txt of each city
     "aguasclaras": ("20150916", "20171015"),
+    "beihai": ("20161209", "20180309"),
+    "beirut": ("20150820", "20171003"),
     "bercy": ("20161130", "20170829"),
     "bordeaux": ("20160504", "20171026"),
+    "cupertino": ("20150918", "20180326"),
     "nantes": ("20150821", "20171014"),
     "paris": ("20161130", "20171107"),
+    "pisa": ("20150704", "20180211"),
     "rennes": ("20150821", "20170621"),
+    "saclay_e": ("20160315", "20170829"),
 }
 
 
@@ -57,7 +62,7 @@ def _builder() -> ModuleType:
 
 def test_one_item_per_city_and_date_and_one_label_item_per_city(items):
     expected = sorted([f"{c}-{d}" for c, ds in DATES.items() for d in ds] + [f"{c}-labels" for c in CITIES])
-    assert sorted(items) == expected and len(items) == 18
+    assert sorted(items) == expected and len(items) == 33
     for city, (d1, d2) in DATES.items():
         before, after, labels = items[f"{city}-{d1}"], items[f"{city}-{d2}"], items[f"{city}-labels"]
         assert before.datetime == datetime.strptime(d1, "%Y%m%d").replace(tzinfo=UTC)
@@ -90,7 +95,7 @@ def test_proj_fields_are_those_of_the_files_and_the_catalog_validates(items, osc
             with rasterio.open(asset.get_absolute_href()) as src:
                 assert asset.extra_fields["proj:shape"] == [src.height, src.width], (item.id, key)
                 assert asset.extra_fields["proj:transform"] == list(src.transform)[:6], (item.id, key)
-    assert validate_catalog(CATALOG, SHARED_DIR / "schemas") == 20  # catalog + collection + 18 Items
+    assert validate_catalog(CATALOG, SHARED_DIR / "schemas") == 35  # catalog + collection + 33 Items
 
 
 @pytest.mark.realdata
@@ -118,3 +123,24 @@ def test_10_and_20_m_bands_load_onto_the_10_m_grid_of_b02(oscd):
         b05 = src.read(1)  # 20 m: each source pixel covers 2 x 2 pixels of the 10 m grid
     resampled = cube.sel(band="B05").values[0]
     assert (resampled[: 2 * 260 : 2, : 2 * 290 : 2] == b05[:260, :290]).mean() > 0.95
+
+
+def test_saclay_e_dates_keep_their_own_grids(items):
+    """saclay_e's second date is on a slightly different grid (same bounds), as in the source."""
+    first = items["saclay_e-20160315"].assets["B02"].extra_fields
+    second = items["saclay_e-20170829"].assets["B02"].extra_fields
+    assert first["proj:shape"] == [639, 688] and second["proj:shape"] == [631, 679]
+    assert first["proj:bbox"] == pytest.approx(second["proj:bbox"], abs=1e-9)
+    assert items["saclay_e-labels"].assets["labels"].extra_fields["proj:shape"] == [639, 688]
+
+
+@pytest.mark.realdata
+def test_saclay_e_pair_aligns_on_the_grid_of_its_first_date(items, oscd):
+    from staclearn.change import load_pair
+
+    before, after, labels = load_pair(
+        [items["saclay_e-20160315"]], [items["saclay_e-20170829"]], bands=["B02"], label_item=items["saclay_e-labels"]
+    )
+    assert before.shape == after.shape == (1, 1, 639, 688) and labels.shape == (639, 688)
+    assert not np.isnan(after.values).any()  # the second date covers the whole first grid
+    assert int((labels.values == 1).sum()) == 4346
