@@ -40,7 +40,7 @@ BANDS = ("b1", "b2", "b3", "b4", "b5")
 _UNET = {
     "architecture": "Unet", "encoder": "resnet18", "encoder_depth": 5, "extra": {},
     "epochs": 30, "lr": 3e-3, "batch_size": 16, "class_weights": "balanced", "augment": True,
-    "weight_decay": 1e-4, "members": 1, "tile_size": 64, "stride": 32,
+    "weight_decay": 1e-4, "members": 1, "tile_size": 64, "stride": 32, "keep_best": True, "label_smoothing": 0.0,
 }  # fmt: skip
 _FCN = {
     **_UNET, "architecture": "PixelConvNet", "encoder": "none", "encoder_depth": 0,
@@ -63,6 +63,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fcn5-idx": {**_FCN, "extra": {**_FCN["extra"], "indices": _IDX, "layers": 2, "kernel": 5}},
     "fcn-idx-ens5": {**_FCN, "extra": {**_FCN["extra"], "indices": _IDX}, "members": 5},
     "unet3-idx": {**_UNET, "encoder_depth": 3, "extra": {"indices": _IDX}},
+    "fcn16-idx": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}},
+    "fcn16-idx-nw": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}, "class_weights": None},
+    "fcn16-idx-k1": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "kernel": 1, "indices": _IDX}},
+    "fcn16-idx-sqrt-ls": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}, "class_weights": "sqrt", "label_smoothing": 0.1},
+    "fcn16-idx-last": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}, "keep_best": False},
+    "fcn16-idx-l4": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "layers": 4, "indices": _IDX}},
 }
 
 
@@ -133,7 +139,7 @@ def run_one(scene: dict[str, Any], test_mask: np.ndarray, recipe: dict[str, Any]
             encoder_depth=recipe["encoder_depth"], extra=extra,
         )  # fmt: skip
         trainer = _trainer(model, train_ds, valid_ds, len(classes), recipe, member_seed)
-        trainer.fit(recipe["epochs"], recipe["lr"], weight_decay=recipe["weight_decay"], progress=False)
+        trainer.fit(recipe["epochs"], recipe["lr"], weight_decay=recipe["weight_decay"], keep_best=recipe["keep_best"], progress=False)
         models.append(trainer.model)
         best_epochs.append(trainer.best_epoch)
     model = SegmentationEnsemble.from_members(models) if len(models) > 1 else models[0]
@@ -163,6 +169,7 @@ def _trainer(model, train_ds, valid_ds, num_classes: int, recipe: dict[str, Any]
     return Trainer(
         model, train_ds, valid_ds, num_classes=num_classes, batch_size=recipe["batch_size"],
         weights=recipe["class_weights"], augment=recipe["augment"], device="cpu", seed=seed,
+        label_smoothing=recipe["label_smoothing"],
     )  # fmt: skip
 
 

@@ -137,3 +137,19 @@ def test_class_weight_options():
     ds = TensorDataset(torch.zeros(1, 1, 1, 10), y.view(1, 1, 10))
     w = class_weights(ds, 3)
     np.testing.assert_allclose(w.numpy(), [0.5, 1.0, 3.0], rtol=1e-6)
+
+
+def test_sqrt_weights_and_label_smoothing_reach_the_loss():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 5, 8, 8, generator=g) * 100
+    y = torch.zeros(4, 8, 8, dtype=torch.long)
+    y[:, :2] = 1
+    y[:, 2:3] = 2  # frequencies 5/8, 2/8, 1/8
+    ds = TensorDataset(x, y)
+    t = Trainer(_fcn(), ds, num_classes=3, batch_size=2, weights="sqrt", label_smoothing=0.1, augment=False, device="cpu")
+    np.testing.assert_allclose(t.class_weights.numpy(), np.sqrt([0.4, 1.0, 2.0]), rtol=1e-5)
+    assert t.loss_fn.label_smoothing == pytest.approx(0.1)
+    with pytest.raises(ConfigError):
+        Trainer(_fcn(), ds, num_classes=3, batch_size=2, weights="inverse", device="cpu")
+    with pytest.raises(ConfigError):
+        Trainer(_fcn(), ds, num_classes=3, batch_size=2, label_smoothing=1.0, device="cpu")

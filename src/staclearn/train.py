@@ -555,11 +555,14 @@ class Trainer(BaseTrainer):
         batch_size: chips per batch.
         ignore_index: mask value left out of loss and metrics.
         weights: ``None`` (plain cross-entropy), ``"balanced"`` (:func:`class_weights` of
-            ``train``) or a ``(K,)`` tensor.
+            ``train``, median-frequency), ``"sqrt"`` (their square root: a milder balancing)
+            or a ``(K,)`` tensor.
         loss: a module ``(logits (B, K, H, W), mask (B, H, W) int64) -> scalar`` used instead
             of the weighted cross-entropy (e.g. cross-entropy + Dice for rare classes); it
             must leave ``ignore_index`` pixels out itself, and ``weights`` must then be
             ``None`` (the loss carries its own).
+        label_smoothing: cross-entropy label smoothing in [0, 1) (Szegedy et al. 2016);
+            softens the targets of noisy labels.
         augment: a module ``(image, mask) -> (image, mask)`` applied to each training batch on
             the device (default :class:`staclearn.augment.Augmentation`); ``False`` for none.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
@@ -590,6 +593,7 @@ class Trainer(BaseTrainer):
         ignore_index: int = IGNORE_INDEX,
         weights: str | torch.Tensor | None = None,
         loss: nn.Module | None = None,
+        label_smoothing: float = 0.0,
         augment: nn.Module | bool = True,
         device: str | torch.device = "auto",
         seed: int = 0,
@@ -602,20 +606,27 @@ class Trainer(BaseTrainer):
             raise ConfigError("The training set is empty: export chips with labels in training blocks first.")
         if loss is not None and weights is not None:
             raise ConfigError("Pass class weights to the loss module itself when giving loss=; leave weights=None.")
-        if isinstance(weights, str) and weights != "balanced":
-            raise ConfigError(f"weights must be None, 'balanced' or a tensor, got {weights!r}")
+        if isinstance(weights, str) and weights not in ("balanced", "sqrt"):
+            raise ConfigError(f"weights must be None, 'balanced', 'sqrt' or a tensor, got {weights!r}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         super().__init__(
             model, train, valid, num_classes=num_classes, batch_size=batch_size, ignore_index=ignore_index,
             device=device, seed=seed, checkpoint=checkpoint, num_workers=num_workers, sampling=sampling,
             oversample=oversample,
         )  # fmt: skip
         if isinstance(weights, str):
-            weights = class_weights(train, num_classes, ignore_index=ignore_index)
+            balanced = class_weights(train, num_classes, ignore_index=ignore_index)
+            weights = balanced if weights == "balanced" else balanced.sqrt()
         self.class_weights = weights
         self.loss_fn = (
             loss.to(self.device)
             if loss is not None
-            else nn.CrossEntropyLoss(weight=weights.to(self.device) if weights is not None else None, ignore_index=ignore_index)
+            else nn.CrossEntropyLoss(
+                weight=weights.to(self.device) if weights is not None else None,
+                ignore_index=ignore_index,
+                label_smoothing=label_smoothing,
+            )
         )
         self.augment = Augmentation() if augment is True else (augment or None)
         spec_classes = getattr(getattr(model, "spec", None), "classes", None)
