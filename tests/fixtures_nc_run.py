@@ -70,14 +70,21 @@ def nc_run(tmp_path_factory: pytest.TempPathFactory) -> NcRun:
     source = nc_source_item()
     cube = load_cube([source], bands=BANDS)
     values = cube.isel(time=0).values.reshape(len(BANDS), -1)
+    values = np.where(values == cube.attrs.get("nodata", -99999), np.nan, values)
     mean = np.nanmean(values, 1).tolist()
     std = np.nanstd(values, 1).tolist()
     classes = [ClassInfo(1, "developed", "ff0000"), ClassInfo(2, "agriculture", "ffff00"), ClassInfo(5, "forest", "00aa00")]
-    torch.manual_seed(16)
+    torch.manual_seed(2)
     model = build_model(
         BANDS, classes, mean=mean, std=std, architecture="PixelConvNet", encoder_depth=0,
         extra={"width": 8, "layers": 3, "kernel": 3, "dropout": 0.0},
     ).eval()
+    with torch.no_grad():  # He-normal weights: the three classes each cover a good part of the scene
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(module.weight)
+                if module.bias is not None:
+                    module.bias.zero_()
     out = tmp_path_factory.mktemp("published") / "run"
     weights = save_weights(model, out / "model" / "weights.safetensors")
     card = model_card(model, str(weights), id="nc-pixelconv", tile_size=TILE, training_items=[source], hyperparameters={"epochs": 0})

@@ -424,5 +424,43 @@ def publish(
         _fail(err)
 
 
+@app.command()
+def vectorize(
+    out: Annotated[Path, typer.Option(help="output folder (polygons.parquet, and catalog.json with --item)")],
+    item: Annotated[Optional[str], typer.Option(help="class-map / change-mask Item JSON (path or URL)")] = None,
+    raster: Annotated[Optional[Path], typer.Option(help="a bare class-map GeoTIFF instead of an Item")] = None,
+    min_area_m2: Annotated[float, typer.Option(help="minimum mapping unit, square metres (smaller regions merged into a neighbour)")] = 0.0,
+    simplify_m: Annotated[Optional[float], typer.Option(help="coverage-simplification tolerance, metres")] = None,
+    probabilities: Annotated[Optional[str], typer.Option(help="probability raster (default: the Item's probability asset)")] = None,
+) -> None:
+    """Polygons from a class map or change mask (Raster to Polygon): class value and name,
+    area in m2, mean probability; GeoParquet, published as a vector Item derived_from the
+    raster Item."""
+    import pystac
+
+    from staclearn.errors import ConfigError
+    from staclearn.publish import FsspecStacIO, write_catalog
+    from staclearn.vectorize import class_map_asset, vectorize as polygonize, vectorize_item
+
+    if (item is None) == (raster is None):
+        raise typer.BadParameter("give --item or --raster")
+    try:
+        if raster is not None:
+            table = polygonize(raster, min_area_m2=min_area_m2, simplify_m=simplify_m, probabilities=probabilities)
+            out.mkdir(parents=True, exist_ok=True)
+            table.to_parquet(out / "polygons.parquet")
+            typer.echo(f"polygons: {out / 'polygons.parquet'} ({len(table)})")
+            return
+        if min_area_m2 < 0 or (simplify_m is not None and simplify_m < 0):
+            raise ConfigError(f"--min-area-m2 and --simplify-m must be >= 0, got {min_area_m2} and {simplify_m}.")
+        src = pystac.Item.from_file(item, stac_io=FsspecStacIO())
+        cog = src.assets[class_map_asset(src)].get_absolute_href()
+        vec = vectorize_item(src, cog, out, min_area_m2=min_area_m2, simplify_m=simplify_m, probabilities=probabilities)
+        write_catalog([vec], out, id=out.resolve().name, description="staclearn polygons")
+    except StaclearnError as err:
+        _fail(err)
+    typer.echo(f"polygons: {out / 'polygons.parquet'} ({vec.assets['polygons'].extra_fields['staclearn:row_count']})\ncatalog:  {out / 'catalog.json'}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
