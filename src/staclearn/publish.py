@@ -186,6 +186,9 @@ def _provenance(
         if href:
             item.add_link(pystac.Link("derived_from", unsigned_href(href), pystac.MediaType.JSON, title=f"source: {src.id}"))
     if model_card is not None:
+        # the card id as a property too, so a STAC API finds every output of a model with a
+        # CQL2 filter (``staclearn:model_card = '<id>'``); links are not searchable
+        item.properties["staclearn:model_card"] = model_card.id
         href = model_card.get_self_href()
         item.add_link(
             pystac.Link(
