@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "StaclearnError",
     "CatalogNotFoundError",
+    "StacApiError",
     "NoItemsFoundError",
     "AssetNotFoundError",
     "BandMismatchError",
@@ -30,6 +31,20 @@ class StaclearnError(Exception):
 
 class CatalogNotFoundError(StaclearnError, FileNotFoundError):
     """A STAC catalog, ItemCollection file or API URL could not be opened."""
+
+
+class StacApiError(StaclearnError, ConnectionError):
+    """A STAC API kept failing (HTTP 429 / 5xx or no connection) after the retries.
+
+    Attributes:
+        url: the API URL.
+        status_code: the last HTTP status, or ``None`` when no answer came (connection error).
+    """
+
+    def __init__(self, message: str, *, url: str, status_code: int | None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status_code = status_code
 
 
 class NoItemsFoundError(StaclearnError, LookupError):

@@ -19,12 +19,44 @@ from typing import Any
 import pystac
 from pystac.utils import str_to_datetime
 
-from staclearn.errors import CatalogNotFoundError, NoItemsFoundError
+from staclearn.errors import CatalogNotFoundError, NoItemsFoundError, StacApiError
 
-__all__ = ["open_items", "item_time_range", "bbox_intersects"]
+__all__ = ["open_items", "item_time_range", "bbox_intersects", "api_retry", "RETRY_STATUSES"]
 
 Modifier = Callable[[Any], Any]
 BBox = tuple[float, float, float, float]
+
+#: HTTP statuses worth retrying: rate limiting and server-side failures (RFC 9110, RFC 6585).
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+def api_retry(retries: int = 4, backoff: float = 0.5):  # -> urllib3.util.retry.Retry
+    """The retry policy of STAC API requests: ``retries`` attempts after the first on
+    connection errors and HTTP 429 / 500 / 502 / 503 / 504, any method (STAC ``/search`` is
+    often a POST and has no side effect), waiting ``backoff * 2**(n - 1)`` s before the n-th
+    retry (a ``Retry-After`` header is honoured). The last answer is returned, not raised, so
+    the caller sees its status.
+
+    Args:
+        retries: retries after the first attempt (0: none).
+        backoff: base of the exponential wait, seconds.
+
+    Returns:
+        A ``urllib3.util.retry.Retry`` for pystac-client's ``StacApiIO(max_retries=...)``.
+    """
+    from urllib3.util.retry import Retry
+
+    return Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        backoff_factor=backoff,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=None,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
 
 
 def _is_url(source: str) -> bool:
@@ -144,6 +176,8 @@ def open_items(
     ids: Sequence[str] | None = None,
     max_items: int | None = None,
     modifier: Modifier | None = None,
+    retries: int = 4,
+    backoff: float = 0.5,
 ) -> pystac.ItemCollection:
     """Open STAC Items from a static catalog, an ItemCollection file or a STAC API.
 
@@ -168,12 +202,18 @@ def open_items(
         max_items: stop after this many Items.
         modifier: called on every Item (in place) before it is returned, e.g.
             ``planetary_computer.sign_inplace`` to sign asset hrefs (pystac-client's hook).
+        retries: STAC API requests are retried this many times on HTTP 429 / 5xx and
+            connection errors (:func:`api_retry`).
+        backoff: base of the exponential wait between retries, seconds.
 
     Returns:
         The matching Items, in catalog / API order.
 
     Raises:
-        CatalogNotFoundError: the path does not exist, is not JSON, or the API cannot be opened.
+        CatalogNotFoundError: the path does not exist, is not JSON, or the URL is not a STAC
+            API (e.g. HTTP 404 on its root).
+        StacApiError: the API kept answering 429 / 5xx, or could not be reached, after the
+            retries; ``status_code`` holds the last HTTP status.
         NoItemsFoundError: nothing matched; the message lists the filters to relax.
     """
     if isinstance(collections, str):
@@ -187,7 +227,7 @@ def open_items(
     if isinstance(source, (str, os.PathLike)):
         src = os.fspath(source)
         if _is_url(src) and not src.split("?")[0].endswith((".json", ".geojson")):
-            items = _search_api(src, bbox_t, datetime, collections, ids, max_items, modifier)
+            items = _search_api(src, bbox_t, datetime, collections, ids, max_items, modifier, api_retry(retries, backoff))
             modifier = None  # pystac-client already applied it
         else:
             items = list(_iter_static(src))
@@ -244,12 +284,15 @@ def _search_api(
     ids: Sequence[str] | None,
     max_items: int | None,
     modifier: Modifier | None,
+    retry: Any = None,
 ) -> list[pystac.Item]:
+    import requests
     from pystac_client import Client
     from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
 
     try:
-        client = Client.open(url, modifier=modifier)
+        client = Client.open(url, modifier=modifier, stac_io=StacApiIO(max_retries=retry))
         search = client.search(
             bbox=bbox,
             datetime=datetime,
@@ -258,7 +301,42 @@ def _search_api(
             max_items=max_items,
         )
         return list(search.items())
-    except (APIError, OSError) as err:
+    except APIError as err:
+        status = getattr(err, "status_code", None)
+        if status is None and isinstance(err.__context__, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            raise StacApiError(
+                f"Could not reach the STAC API at {url!r} after the retries "
+                f"({type(err.__context__).__name__}). Check the URL and your network.",
+                url=url,
+                status_code=None,
+            ) from err
+        if status is not None and (status in RETRY_STATUSES or status >= 500):
+            tries = 1 + (retry.total if retry is not None else 0)
+            raise StacApiError(
+                f"The STAC API at {url!r} answered HTTP {status} on {tries} attempts: "
+                f"{str(err)[:200]}. The service is failing or rate-limiting; try again later, "
+                "or raise retries= / backoff=.",
+                url=url,
+                status_code=status,
+            ) from err
+        raise CatalogNotFoundError(
+            f"Could not search the STAC API at {url!r} (HTTP {status}): {str(err)[:200]}. Check the URL is "
+            "the API root (the page with 'conformsTo')."
+        ) from err
+    except requests.exceptions.RetryError as err:  # urllib3 gave up on a status it retries
+        raise StacApiError(
+            f"The STAC API at {url!r} kept failing after the retries: {err}. Try again later.",
+            url=url,
+            status_code=None,
+        ) from err
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
+        raise StacApiError(
+            f"Could not reach the STAC API at {url!r} after the retries ({type(err).__name__}). Check the "
+            "URL and your network.",
+            url=url,
+            status_code=None,
+        ) from err
+    except OSError as err:
         raise CatalogNotFoundError(
             f"Could not search the STAC API at {url!r}: {err}. Check the URL is the API root "
             "(the page with 'conformsTo') and that it is reachable."
