@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +25,7 @@ from staclearn.models import (
 )
 from staclearn.train import Trainer
 
+SCHEMAS = Path(__file__).parents[2] / "shared" / "schemas"
 BANDS = ["b1", "b2", "b3", "b4", "b5"]
 CLASSES = [ClassInfo(1, "forest"), ClassInfo(2, "water"), ClassInfo(3, "developed")]
 IDX = ["ndvi", "ndwi", "mndwi", "ndbi"]
@@ -124,6 +128,15 @@ def test_card_round_trip_rebuilds_identical_model(tmp_path, members):
     card.save_object(include_self_link=False)
     spec = spec_from_card(card.to_dict())
     assert spec.to_dict() == model.spec.to_dict()
+    props = card.properties
+    assert props["mlm:architecture"] == "PixelConvNet"
+    assert ("ensemble of 2 x " if members > 1 else "") + "PixelConvNet (2 x 3x3 conv, 8 channels)" in props["description"]
+    assert "ndvi" in props["mlm:input"][0]["description"]
+    if SCHEMAS.is_dir():
+        from staclearn.validate import validate
+
+        report = validate(json.loads((tmp_path / "card.json").read_text()), SCHEMAS)
+        assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in report.validated
     loaded = load_model(tmp_path / "card.json")
     assert type(loaded) is type(model)
     with torch.no_grad():

@@ -22,7 +22,16 @@ import torch
 
 from staclearn.errors import ModelCardError
 from staclearn.classifier import ClassifierSpec, ObjectClassifier
-from staclearn.models import ModelSpec, SegmentationModel, SiameseDiffUnet, load_weights, model_from_spec, pair_band_names
+from staclearn.models import (
+    LANDSAT_ETM_BANDS,
+    PIXEL_CONV,
+    ModelSpec,
+    SegmentationModel,
+    SiameseDiffUnet,
+    load_weights,
+    model_from_spec,
+    pair_band_names,
+)
 from staclearn.publish import FsspecStacIO, unsigned_href
 
 __all__ = ["MLM_SCHEMA", "CLASSIFICATION_SCHEMA", "model_card", "spec_from_card", "read_card", "load_model", "WEIGHTS_ASSET"]
@@ -109,7 +118,7 @@ def model_card(
         hp["staclearn.extra"] = dict(spec.extra)
     if hyperparameters:
         hp.update({k: v for k, v in hyperparameters.items() if v is not None})
-    name = spec.model_name if classifier else f"{spec.architecture} ({spec.encoder})"
+    name = spec.model_name if classifier else _segmentation_name(spec)
     if classifier:
         result = {
             "shape": [-1, spec.num_classes],
@@ -148,6 +157,12 @@ def model_card(
                         if classifier
                         else f"value_scaling); height and width multiples of {spec.stride} px; nodata "
                         "pixels replaced by the band mean."
+                        + (
+                            f" Spectral indices {list(spec.extra['indices'])} are computed inside the model from "
+                            f"these bands (roles {dict(spec.extra.get('index_bands') or LANDSAT_ETM_BANDS)})."
+                            if spec.extra.get("indices")
+                            else ""
+                        )
                     )
                 ),
                 "value_scaling": value_scaling,
@@ -220,6 +235,17 @@ def model_card(
         if href:
             item.add_link(pystac.Link("derived_from", unsigned_href(href), pystac.MediaType.JSON, title=f"training data: {src.id}"))
     return item
+
+
+def _segmentation_name(spec: ModelSpec) -> str:
+    if spec.architecture == PIXEL_CONV:
+        e = spec.extra
+        k, n, w = int(e.get("kernel", 3)), int(e.get("layers", 3)), int(e.get("width", 32))
+        name = f"{spec.architecture} ({n} x {k}x{k} conv, {w} channels)"
+    else:
+        name = f"{spec.architecture} ({spec.encoder})"
+    members = int(spec.extra.get("members", 1))
+    return f"ensemble of {members} x {name}" if members > 1 else name
 
 
 def _two_date_inputs(
