@@ -17,10 +17,10 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from staclearn.errors import AssetNotFoundError, NoItemsFoundError, NoOverlapError
+from staclearn.errors import AssetNotFoundError, AssetReadError, NoItemsFoundError, NoOverlapError
 from staclearn.search import bbox_intersects
 
-__all__ = ["load_cube", "band_names", "valid_mask"]
+__all__ = ["load_cube", "band_names", "valid_mask", "read_pixels", "find_unreadable_asset"]
 
 DIMS = ("time", "band", "y", "x")
 
@@ -305,3 +305,99 @@ def valid_mask(image: np.ndarray, nodata: float | None) -> np.ndarray:
     if nodata is not None and not np.isnan(nodata):
         bad |= image == nodata
     return ~bad.any(axis=-3)
+
+
+_RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
+
+
+def _is_raster_asset(asset: pystac.Asset) -> bool:
+    media = (asset.media_type or "").lower()
+    return "tiff" in media or "jp2" in media or asset.href.split("?")[0].lower().endswith(_RASTER_SUFFIXES)
+
+
+def _reason(err: BaseException) -> str:
+    chain, e = [], err  # rasterio: "Read failed. See previous exception": GDAL's reason is its cause
+    while e is not None and len(chain) < 4:
+        chain.append(str(e).strip())
+        e = e.__cause__ or e.__context__
+    text = "; ".join(c for c in chain if c and not c.startswith("Read failed"))[:300] or str(err)
+    if "404" in text:
+        return "HTTP 404: the file is not at this href; fix the href or the catalog"
+    if "403" in text or "401" in text:
+        return "HTTP 403: access denied; sign the hrefs (e.g. modifier=planetary_computer.sign_inplace) or check your credentials"
+    return f"{text}; the file is truncated or corrupt: download or rebuild it (check it with `rio info --checksum`)"
+
+
+def find_unreadable_asset(items: Iterable[pystac.Item]) -> AssetReadError | None:
+    """Read every raster asset of ``items`` block by block and name the first that fails.
+
+    Used after a cube read failed (odc-stac's ``Chunk and warp failed`` names no file): it
+    reads each asset whole, so call it on the failure path only.
+
+    Args:
+        items: the Items the cube was loaded from.
+
+    Returns:
+        An :class:`~staclearn.errors.AssetReadError` naming the Item, asset key and href, or
+        ``None`` when every asset reads.
+    """
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    for item in items:
+        for key, asset in item.assets.items():
+            if not _is_raster_asset(asset):
+                continue
+            href = asset.get_absolute_href() or asset.href
+            try:
+                with rasterio.open(href) as src:
+                    for _, window in src.block_windows(1):
+                        src.read(window=window)
+            except (RasterioError, OSError) as err:
+                return AssetReadError(
+                    f"Asset {key!r} of Item {item.id!r} ({href}) cannot be read: {_reason(err)}.",
+                    item_id=item.id,
+                    asset=key,
+                    href=href,
+                )
+    return None
+
+
+def read_pixels(cube: xr.DataArray, items: Iterable[pystac.Item]) -> np.ndarray:
+    """Compute a lazy cube (or any selection of it) into memory, naming the asset on failure.
+
+    Args:
+        cube: a lazy DataArray from :func:`load_cube` (e.g. ``cube.isel(time=0)``).
+        items: the Items it was loaded from (to name a broken asset).
+
+    Returns:
+        The pixels as a numpy array of the cube's shape and dtype.
+
+    Raises:
+        AssetReadError: an asset is truncated, corrupt, missing (HTTP 404), forbidden (403)
+            or unreachable; the message names the Item, asset key and href.
+    """
+    from rasterio.errors import RasterioError
+
+    import logging
+
+    items = list(items)
+    odc_log = logging.getLogger("odc.loader._rio")  # logs each failed chunk; the error below says it once
+    quiet = logging.Filter()
+    quiet.filter = lambda record: record.levelno < logging.ERROR  # type: ignore[method-assign]
+    odc_log.addFilter(quiet)
+    try:
+        return np.asarray(cube.values)
+    except (RasterioError, OSError) as err:
+        named = find_unreadable_asset(items)
+        if named is not None:
+            raise named from err
+        raise AssetReadError(
+            f"Reading the cube of Items {[i.id for i in items]} failed: {err}. Check that every asset href is readable.",
+            item_id=items[0].id if items else "",
+            asset="",
+            href="",
+        ) from err
+    finally:
+        odc_log.removeFilter(quiet)
+

@@ -12,6 +12,8 @@ __all__ = [
     "StaclearnError",
     "CatalogNotFoundError",
     "StacApiError",
+    "AssetReadError",
+    "EmptyDataError",
     "NoItemsFoundError",
     "AssetNotFoundError",
     "BandMismatchError",
@@ -45,6 +47,26 @@ class StacApiError(StaclearnError, ConnectionError):
         super().__init__(message)
         self.url = url
         self.status_code = status_code
+
+
+class AssetReadError(StaclearnError, OSError):
+    """An asset's file exists in the Item but its pixels cannot be read: truncated or corrupt
+    file, HTTP 404 / 403, or an unreachable host. The message names the Item, the asset key
+    and the href.
+
+    Attributes:
+        item_id: the Item.
+        asset: the asset key.
+        href: the asset href.
+    """
+
+    def __init__(self, message: str, *, item_id: str, asset: str, href: str) -> None:
+        super().__init__(message)
+        self.item_id, self.asset, self.href = item_id, asset, href
+
+
+class EmptyDataError(StaclearnError, ValueError):
+    """The imagery (or a chip set) holds no valid pixel: nodata everywhere in the area asked for."""
 
 
 class NoItemsFoundError(StaclearnError, LookupError):

@@ -28,8 +28,8 @@ import numpy as np
 import pystac
 
 from staclearn.chips import ChipDataset, band_statistics, block_split, export_chips
-from staclearn.cube import load_cube, valid_mask
-from staclearn.errors import NodataLabelsWarning, NoItemsFoundError
+from staclearn.cube import load_cube, read_pixels, valid_mask
+from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError
 from staclearn.evaluate import ClassificationMetrics, compute_metrics, random_forest_baseline, summary, write_evaluation
 from staclearn.labels import IGNORE_INDEX, indices_to_values, load_label_raster
 from staclearn.modelcard import model_card
@@ -188,6 +188,10 @@ def run_landcover(
 
     Raises:
         NoItemsFoundError: no imagery Item, or no label Item.
+        AssetReadError: an imagery asset is truncated, corrupt or unreachable (named).
+        EmptyDataError: the imagery is nodata everywhere.
+        LabelError: no label, or every label falls on imagery nodata.
+        SplitError: the test regions hold no label, or leave none for training.
         plus the errors of each step (see the step functions).
     """
     out = Path(out_dir)
@@ -210,13 +214,26 @@ def run_landcover(
         cube = cube.median("time", keep_attrs=True).expand_dims(time=1)
     geobox = cube.odc.geobox
     bands = [str(b) for b in cube.band.values]
-    image = np.asarray(cube.isel(time=0).values, dtype=np.float32)
+    image = read_pixels(cube.isel(time=0), imagery).astype(np.float32, copy=False)
     nodata = cube.attrs.get("nodata")
     labels_da = load_label_raster(label_item, geobox, asset=config.label_asset)
     classes = labels_da.attrs["classes"]
     names = [c.name for c in classes]
     ok = valid_mask(image, nodata)
+    if not ok.any():
+        raise EmptyDataError(
+            f"The imagery of Items {[i.id for i in imagery]} is nodata (value {nodata}) everywhere"
+            + (f" in bbox {list(bbox)}" if bbox is not None else "")
+            + ": check the bbox, the nodata value declared in raster:bands, and the assets."
+        )
+    n_labelled = int((labels_da.values != IGNORE_INDEX).sum())
     dropped = int(((labels_da.values != IGNORE_INDEX) & ~ok).sum())
+    if n_labelled and dropped == n_labelled:
+        raise LabelError(
+            f"Every one of the {n_labelled} labelled pixels of {label_item.id!r} (asset {config.label_asset!r}) falls "
+            f"where the imagery {[i.id for i in imagery]} is nodata: the labels and the imagery do not cover the same "
+            "ground; check their CRS and extent."
+        )
     if dropped:
         warnings.warn(
             f"{dropped} labelled pixels of {label_item.id!r} (asset {config.label_asset!r}) fall where the imagery "

@@ -1,0 +1,126 @@
+"""Bad input to the land-cover workflow gives a named error that names the Item / asset / href,
+and the CLI prints one line and exits 2. Real files made bad: the NC Landsat scene truncated,
+an asset behind a local server that answers 404 / 403, labels moved off the imagery."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from staclearn.errors import AssetReadError, EmptyDataError, LabelError
+
+IMAGE_ITEM = "nc-landsat7/nc-landsat7-2000/nc-landsat7-2000.json"
+
+
+def _nc_copy(tmp_path: Path, nc_catalog: Path, image_href: str) -> Path:
+    """The committed NC catalog copied to tmp_path with the imagery asset pointing at ``image_href``."""
+    dst = tmp_path / "nc"
+    shutil.copytree(nc_catalog.parent, dst)
+    # the label Item's href is relative to the committed catalog: make it absolute
+    for item_json in dst.rglob("*.json"):
+        doc = json.loads(item_json.read_text())
+        if doc.get("type") != "Feature":
+            continue
+        src_json = nc_catalog.parent / item_json.relative_to(dst)
+        for asset in doc["assets"].values():
+            if "://" not in asset["href"]:
+                asset["href"] = str((src_json.parent / asset["href"]).resolve())
+        if item_json.name == Path(IMAGE_ITEM).name:
+            doc["assets"]["image"]["href"] = image_href
+        item_json.write_text(json.dumps(doc))
+    return dst / "catalog.json"
+
+
+def _image_path(shared: Path) -> Path:
+    return shared / "data" / "landcover" / "nc_landsat7" / "landsat_multiband.tif"
+
+
+def test_truncated_cog_names_item_asset_and_href(tmp_path, nc_catalog, shared_dir):
+    from staclearn.landcover import LandCoverConfig, run_landcover
+
+    data = _image_path(shared_dir).read_bytes()
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(data[: len(data) // 2])
+    catalog = _nc_copy(tmp_path, nc_catalog, str(bad))
+    with pytest.raises(AssetReadError) as info:
+        run_landcover(catalog, tmp_path / "run", LandCoverConfig(epochs=1), progress=False, log=lambda _: None)
+    err = info.value
+    assert err.item_id == "nc-landsat7-2000" and err.asset == "image" and err.href == str(bad)
+    assert "truncated or corrupt" in str(err) and str(bad) in str(err)
+    assert isinstance(err, OSError)
+    # the CLI: one line, exit 2
+    proc = subprocess.run(
+        [sys.executable, "-m", "staclearn.cli", "landcover", "run", "--catalog", str(catalog), "--out", str(tmp_path / "cli"), "--epochs", "1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip() and "Warning" not in ln and "warnings.warn" not in ln]
+    assert len(lines) == 1 and "nc-landsat7-2000" in lines[0] and "truncated.tif" in lines[0], proc.stderr
+
+
+class _Refuser(BaseHTTPRequestHandler):
+    status = 404
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(self.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_GET
+
+
+@pytest.mark.parametrize("status, words", [(404, "HTTP 404"), (403, "HTTP 403")])
+def test_asset_behind_404_or_403_is_named(tmp_path, nc_catalog, status, words):
+    from staclearn.landcover import LandCoverConfig, run_landcover
+
+    handler = type("H", (_Refuser,), {"status": status})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    href = f"http://127.0.0.1:{httpd.server_address[1]}/scene.tif"
+    try:
+        catalog = _nc_copy(tmp_path, nc_catalog, href)
+        # the asset's header cannot be read either: odc-stac needs the Item's proj metadata only,
+        # so the failure comes at read time and must still name the asset
+        with pytest.raises(AssetReadError, match=words) as info:
+            run_landcover(catalog, tmp_path / "run", LandCoverConfig(epochs=1), progress=False, log=lambda _: None)
+        assert info.value.href == href and info.value.item_id == "nc-landsat7-2000"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_all_nodata_imagery_and_labels_off_the_imagery(tmp_path, nc_catalog, shared_dir):
+    from staclearn.landcover import LandCoverConfig, run_landcover
+
+    with rasterio.open(_image_path(shared_dir)) as src:
+        profile, data = src.profile, src.read()
+    nod = tmp_path / "nodata.tif"
+    with rasterio.open(nod, "w", **profile) as dst:
+        dst.write(np.full_like(data, profile["nodata"]))
+    with pytest.raises(EmptyDataError, match="nodata .* everywhere"):
+        run_landcover(_nc_copy(tmp_path / "a", nc_catalog, str(nod)), tmp_path / "run-a", LandCoverConfig(epochs=1),
+                      progress=False, log=lambda _: None)  # fmt: skip
+    # labels only where the imagery is nodata: blank the imagery wherever there is a label
+    with rasterio.open(shared_dir / "data" / "landcover" / "nc_landsat7" / "landsat96_labelled_pixels.tif") as lsrc:
+        lab = lsrc.read(1)
+        labelled = (lab != lsrc.nodata) & (lab > 0)
+    holes = data.copy()
+    holes[:, labelled] = profile["nodata"]
+    hol = tmp_path / "holes.tif"
+    with rasterio.open(hol, "w", **profile) as dst:
+        dst.write(holes)
+    with pytest.raises(LabelError, match="Every one of the .* labelled pixels of 'nc-landsat7-labels'"):
+        run_landcover(_nc_copy(tmp_path / "b", nc_catalog, str(hol)), tmp_path / "run-b", LandCoverConfig(epochs=1),
+                      progress=False, log=lambda _: None)  # fmt: skip
