@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +76,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp folder)")
+    p.add_argument("--verbose", action="store_true", help="print run_damage's log lines (one per epoch) to stderr")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="staclearn-damage-"))
@@ -112,7 +114,8 @@ def main() -> None:
             continue
         for seed in args.seeds:
             config = dataclasses.replace(config0, test_tiles=tuple(fold), seed=seed)
-            r = run_damage(args.data, root / f"fold{k}_seed{seed}", config, log=lambda _: None)
+            log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.verbose else (lambda _: None)
+            r = run_damage(args.data, root / f"fold{k}_seed{seed}", config, log=log)
             mp, mr, mf = _prf(r.test_metrics, positive)
             bp, br, bf = _prf(r.baseline_metrics, positive)
             row = {
