@@ -284,6 +284,14 @@ def _check_graph(data: bytes, where: str) -> None:
 class OnnxModel(nn.Module):
     """A staclearn model run by ONNX Runtime, usable wherever the PyTorch model is.
 
+    Args:
+        data: the ONNX file's bytes (already checked, see :func:`load_onnx_model`).
+        spec: the model's spec.
+        providers: ONNX Runtime execution providers to try, in order; default the CPU.
+        threads: intra-op threads; default ``torch.get_num_threads()``.
+        activation_bytes_per_px: activation-memory estimate (for ``tile_size="auto"``).
+        path: the same file on local disk, which the session is then built from.
+
     Calling it takes ``(B, C, H, W) float32`` in the imagery's units (a torch tensor) and
     returns the logits as a torch tensor on the input's device, like the PyTorch model.
     It has no parameters: it cannot be trained; load the card with ``engine="torch"`` for that.
@@ -307,6 +315,7 @@ class OnnxModel(nn.Module):
         providers: list[str] | None = None,
         threads: int | None = None,
         activation_bytes_per_px: float | None = None,
+        path: str | None = None,
     ) -> None:
         super().__init__()
         import onnxruntime as ort
@@ -315,9 +324,13 @@ class OnnxModel(nn.Module):
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # the arena keeps every size it ever grew to: without it a U-Net tile peaks at about
+        # half the memory (~450 instead of ~880 B per input pixel), at the same speed
+        opts.enable_cpu_mem_arena = False
         available = ort.get_available_providers()
         chosen = [p for p in (providers or ["CPUExecutionProvider"]) if p in available] or ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(data, sess_options=opts, providers=chosen)
+        # from a local file ONNX Runtime keeps no second copy of the serialised graph (~1x the weights)
+        self.session = ort.InferenceSession(path or data, sess_options=opts, providers=chosen)
         self.spec = spec
         self.provider = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
@@ -368,7 +381,11 @@ def load_onnx_model(card: Any, spec: Any, *, device: str | torch.device = "cpu")
     _check_graph(data, href)
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if dev.type == "cuda" else ["CPUExecutionProvider"]
-    return OnnxModel(data, spec, providers=providers, activation_bytes_per_px=asset.extra_fields.get("staclearn:activation_bytes_per_px"))
+    local = href.removeprefix("file://") if "://" not in href or href.startswith("file://") else None
+    return OnnxModel(
+        data, spec, providers=providers, path=local,
+        activation_bytes_per_px=asset.extra_fields.get("staclearn:activation_bytes_per_px"),
+    )
 
 
 def resolve_engine(engine: str, card: Any) -> str:
