@@ -124,3 +124,26 @@ def test_all_nodata_imagery_and_labels_off_the_imagery(tmp_path, nc_catalog, sha
     with pytest.raises(LabelError, match="Every one of the .* labelled pixels of 'nc-landsat7-labels'"):
         run_landcover(_nc_copy(tmp_path / "b", nc_catalog, str(hol)), tmp_path / "run-b", LandCoverConfig(epochs=1),
                       progress=False, log=lambda _: None)  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", ["truncate", "no-geometry"])
+def test_malformed_item_json_is_named(tmp_path, damage):
+    from conftest import NC_CATALOG
+
+    from staclearn.errors import MalformedStacError
+    from staclearn.search import open_items
+
+    dst = tmp_path / "nc"
+    shutil.copytree(NC_CATALOG.parent, dst)
+    item = dst / IMAGE_ITEM
+    text = item.read_text()
+    if damage == "truncate":
+        item.write_text(text[: len(text) // 2])
+    else:
+        doc = json.loads(text)
+        del doc["geometry"], doc["properties"]
+        item.write_text(json.dumps(doc))
+    with pytest.raises(MalformedStacError) as info:
+        open_items(dst / "catalog.json")
+    assert "nc-landsat7-2000.json" in str(info.value)
+    assert isinstance(info.value, ValueError)

@@ -14,6 +14,7 @@ __all__ = [
     "StacApiError",
     "AssetReadError",
     "EmptyDataError",
+    "MalformedStacError",
     "NoItemsFoundError",
     "AssetNotFoundError",
     "BandMismatchError",
@@ -67,6 +68,11 @@ class AssetReadError(StaclearnError, OSError):
 
 class EmptyDataError(StaclearnError, ValueError):
     """The imagery (or a chip set) holds no valid pixel: nodata everywhere in the area asked for."""
+
+
+class MalformedStacError(StaclearnError, ValueError):
+    """A STAC JSON file (Catalog, Collection, Item, ItemCollection) is not valid JSON or lacks
+    required fields; the message names the file and what is wrong."""
 
 
 class NoItemsFoundError(StaclearnError, LookupError):

@@ -19,7 +19,7 @@ from typing import Any
 import pystac
 from pystac.utils import str_to_datetime
 
-from staclearn.errors import CatalogNotFoundError, NoItemsFoundError, StacApiError
+from staclearn.errors import CatalogNotFoundError, MalformedStacError, NoItemsFoundError, StacApiError, StaclearnError
 
 __all__ = ["open_items", "item_time_range", "bbox_intersects", "api_retry", "RETRY_STATUSES"]
 
@@ -76,7 +76,7 @@ def _read_json(source: str) -> dict[str, Any]:
         with path.open(encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as err:
-        raise CatalogNotFoundError(
+        raise MalformedStacError(
             f"{source!r} is not JSON ({err}); expected a STAC catalog, collection, Item or "
             "ItemCollection file."
         ) from err
@@ -256,6 +256,38 @@ def open_items(
 
 
 def _iter_static(src: str) -> Iterable[pystac.Item]:
+    try:
+        yield from _walk_static(src)
+    except StaclearnError:
+        raise
+    except json.JSONDecodeError as err:
+        raise MalformedStacError(
+            f"{_culprit(src)} is not JSON ({err}); fix the file or rebuild the catalog."
+        ) from err
+    except (KeyError, TypeError, ValueError, AttributeError, pystac.STACError) as err:
+        raise MalformedStacError(
+            f"{_culprit(src)} is malformed ({type(err).__name__}: {err}); every Item needs "
+            "'id', 'geometry', 'properties.datetime' (or start/end_datetime), 'links' and 'assets'. "
+            "Fix the file or rebuild the catalog."
+        ) from err
+
+
+def _culprit(src: str) -> str:
+    """Name the first JSON file below a local catalog that does not parse or is not a valid STAC
+    object (the error pystac raises names no file)."""
+    if _is_url(src):
+        return f"A STAC file under {src!r}"
+    for path in sorted(Path(src).parent.rglob("*.json")):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("type") == "Feature":
+                pystac.Item.from_dict(doc)
+        except Exception:  # noqa: BLE001 - any failure marks the culprit
+            return f"STAC file {str(path)!r}"
+    return f"A STAC file under {src!r}"
+
+
+def _walk_static(src: str) -> Iterable[pystac.Item]:
     data = _read_json(src)
     kind = data.get("type")
     if kind == "FeatureCollection":
