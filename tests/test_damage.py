@@ -492,6 +492,10 @@ def test_split_tiles_test_regions_in_another_crs(xbd_dir, xbd_footprints, tmp_pa
         split_tiles(xbd_footprints, test_regions=far)
     with pytest.raises(SplitError, match=r"missing\.geojson does not exist"):
         split_tiles(xbd_footprints, test_regions=tmp_path / "missing.geojson")
+    empty = tmp_path / "empty.geojson"
+    empty.write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(SplitError, match=r"No geometry in .*empty\.geojson; test regions need at least one polygon"):
+        split_tiles(xbd_footprints, test_regions=empty)
 
 
 def test_tile_folds_whole_tiles_each_with_both_classes(xbd_footprints):
