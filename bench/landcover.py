@@ -68,6 +68,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fcn16-idx-k1": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "kernel": 1, "indices": _IDX}},
     "fcn16-idx-sqrt-ls": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}, "class_weights": "sqrt", "label_smoothing": 0.1},
     "fcn16-idx-last": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}, "keep_best": False},
+    "fcn16-idx-last-ens5": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}, "keep_best": False, "members": 5},
+    "fcn16-idx-sqrt-ls-last-ens5": {
+        **_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}, "keep_best": False, "members": 5,
+        "class_weights": "sqrt", "label_smoothing": 0.1,
+    },  # fmt: skip
+    "fcn16-idx-sqrt-ls-jit": {
+        **_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}, "class_weights": "sqrt", "label_smoothing": 0.1,
+        "jitter": (0.1, 0.1, 0.1),
+    },  # fmt: skip
     "fcn16-idx-l4": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "layers": 4, "indices": _IDX}},
 }
 
@@ -164,11 +173,17 @@ def run_one(scene: dict[str, Any], test_mask: np.ndarray, recipe: dict[str, Any]
 
 
 def _trainer(model, train_ds, valid_ds, num_classes: int, recipe: dict[str, Any], seed: int):
+    from staclearn.augment import Augmentation, RadiometricJitter
     from staclearn.train import Trainer
+
+    augment = recipe["augment"]
+    if recipe.get("jitter"):
+        j = recipe["jitter"]  # brightness, contrast, band gain amounts
+        augment = Augmentation(radiometric=RadiometricJitter(brightness=j[0], contrast=j[1], band_gain=j[2]))
 
     return Trainer(
         model, train_ds, valid_ds, num_classes=num_classes, batch_size=recipe["batch_size"],
-        weights=recipe["class_weights"], augment=recipe["augment"], device="cpu", seed=seed,
+        weights=recipe["class_weights"], augment=augment, device="cpu", seed=seed,
         label_smoothing=recipe["label_smoothing"],
     )  # fmt: skip
 

@@ -166,3 +166,19 @@ def test_sqrt_weights_and_label_smoothing_reach_the_loss():
         Trainer(_fcn(), ds, num_classes=3, batch_size=2, weights="inverse", device="cpu")
     with pytest.raises(ConfigError):
         Trainer(_fcn(), ds, num_classes=3, batch_size=2, label_smoothing=1.0, device="cpu")
+
+
+def test_augmentation_with_radiometric_jitter_keeps_the_mask():
+    from staclearn.augment import Augmentation, RadiometricJitter
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 5, 16, 16) * 100 + 10
+    y = torch.randint(0, 3, (4, 16, 16))
+    plain = Augmentation(rotation=0, zoom=(1.0, 1.0), shift=0, flips=False)
+    img, m = plain(x, y)
+    assert torch.equal(m, y) and torch.allclose(img, x)
+    jit = Augmentation(rotation=0, zoom=(1.0, 1.0), shift=0, flips=False, radiometric=RadiometricJitter(p=1.0))
+    img, m = jit(x, y)
+    assert torch.equal(m, y)
+    ratio = img.mean(dim=(1, 2, 3)) / x.mean(dim=(1, 2, 3))  # brightness x mean band gain, each 1 +- 0.2 / 0.1
+    assert not torch.allclose(img, x) and bool(((ratio > 0.7) & (ratio < 1.35)).all())

@@ -31,6 +31,10 @@ class Augmentation(nn.Module):
         shift: maximum translation as a fraction of the chip size (x and y).
         flips: apply random horizontal and vertical flips (p=0.5 each).
         p: probability of the affine transform (rotation + zoom + shift).
+        radiometric: a :class:`RadiometricJitter` applied to the image after the geometric
+            transforms (the mask is unchanged), or ``None`` (default). Spectral shifts between
+            labelled patches (e.g. a forest a few DN brighter in one band) then look like
+            training variation.
 
     Forward:
         image: ``(B, C, H, W) float32``; mask: ``(B, H, W)`` integer class indices.
@@ -47,8 +51,10 @@ class Augmentation(nn.Module):
         shift: float = 0.1,
         flips: bool = True,
         p: float = 0.75,
+        radiometric: RadiometricJitter | None = None,
     ) -> None:
         super().__init__()
+        self.radiometric = radiometric
         ops: list[nn.Module] = []
         if flips:
             ops += [K.RandomHorizontalFlip(p=0.5), K.RandomVerticalFlip(p=0.5)]
@@ -69,6 +75,8 @@ class Augmentation(nn.Module):
         dtype = mask.dtype
         m = mask[:, None].to(image.dtype)
         img, m = self.pipeline(image, m)
+        if self.radiometric is not None:
+            img = self.radiometric(img)
         return img, m[:, 0].round().to(dtype)
 
     @torch.no_grad()
