@@ -182,3 +182,31 @@ def test_augmentation_with_radiometric_jitter_keeps_the_mask():
     assert torch.equal(m, y)
     ratio = img.mean(dim=(1, 2, 3)) / x.mean(dim=(1, 2, 3))  # brightness x mean band gain, each 1 +- 0.2 / 0.1
     assert not torch.allclose(img, x) and bool(((ratio > 0.7) & (ratio < 1.35)).all())
+
+
+def test_train_ensemble_and_index_statistics_from_pixels():
+    from staclearn.train import train_ensemble
+
+    x = _raster(2)
+    model = build_model(
+        BANDS, CLASSES, mean=[70] * 5, std=[20] * 5, architecture="PixelConvNet", encoder="none",
+        extra={"indices": ["ndvi"], "width": 4, "layers": 1}, index_pixels=x.reshape(5, -1),
+    )  # fmt: skip
+    assert model.spec.extra["index_mean"] == pytest.approx(spectral_index_statistics(x.reshape(5, -1), BANDS, ["ndvi"])[0])
+    g = torch.Generator().manual_seed(0)
+    xs = torch.rand(6, 5, 8, 8, generator=g) * 100 + 10
+    ys = torch.randint(0, 3, (6, 8, 8), generator=g)
+    seeds = []
+
+    def build(seed):
+        seeds.append(seed)
+        return _fcn(seed, width=4)
+
+    ens, trainers = train_ensemble(
+        build, TensorDataset(xs, ys), members=2, seed=3, epochs=1, lr=1e-2, fit_kwargs={"keep_best": False, "progress": False},
+        num_classes=3, batch_size=3, augment=False, device="cpu",
+    )  # fmt: skip
+    assert seeds == [3000, 3001] and len(trainers) == 2 and isinstance(ens, SegmentationEnsemble)
+    assert not ens.training and ens.spec.extra["members"] == 2
+    with torch.no_grad():
+        assert torch.allclose(ens(xs).exp().sum(1), torch.ones(6, 8, 8), atol=1e-5)

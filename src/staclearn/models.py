@@ -491,6 +491,7 @@ def build_model(
     encoder_weights: str | None = None,
     encoder_depth: int = 5,
     extra: dict[str, Any] | None = None,
+    index_pixels: np.ndarray | None = None,
 ) -> nn.Module:
     """Build a U-Net (or another smp architecture, or a :class:`PixelConvNet`) for ``len(bands)``
     inputs and ``len(classes)`` outputs.
@@ -508,6 +509,10 @@ def build_model(
         extra: JSON-able options stored in the spec (see :class:`ModelSpec`): ``indices``,
             ``index_bands``, ``index_mean``, ``index_std``, ``members``; for
             ``architecture="PixelConvNet"`` also ``width``, ``layers``, ``kernel``, ``dropout``.
+        index_pixels: ``(C, N)`` raw values of the training pixels; with ``indices`` in
+            ``extra`` and no ``index_mean`` there, the indices' z-score statistics are
+            computed from them (:func:`spectral_index_statistics`), as the band ``mean`` /
+            ``std`` come from the training chips.
 
     Returns:
         The model (:func:`model_from_spec`), in training mode.
@@ -515,6 +520,11 @@ def build_model(
     Raises:
         ConfigError: unknown architecture, mean/std length differs from bands.
     """
+    extra = dict(extra or {})
+    if extra.get("indices") and index_pixels is not None and "index_mean" not in extra:
+        extra["index_mean"], extra["index_std"] = spectral_index_statistics(
+            index_pixels, bands, extra["indices"], extra.get("index_bands")
+        )
     spec = ModelSpec(
         architecture=architecture,
         encoder=encoder,
@@ -524,7 +534,7 @@ def build_model(
         std=tuple(float(v) for v in std),
         encoder_weights=None if architecture == PIXEL_CONV else encoder_weights,
         encoder_depth=0 if architecture == PIXEL_CONV else encoder_depth,
-        extra=dict(extra or {}),
+        extra=extra,
     )
     return model_from_spec(spec)
 

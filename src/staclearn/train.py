@@ -48,7 +48,7 @@ from staclearn.sampling import balanced_sampler, class_presence, sample_weights
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["BaseTrainer", "Trainer", "EpochRecord", "seed_everything", "class_weights", "resolve_device"]
+__all__ = ["BaseTrainer", "Trainer", "EpochRecord", "seed_everything", "class_weights", "resolve_device", "train_ensemble"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -672,3 +672,64 @@ class Trainer(BaseTrainer):
         miou = float(per_class[present].mean()) if present.any() else float("nan")
         ious = {name: float(per_class[k]) if present[k] else float("nan") for k, name in enumerate(self.class_names)}
         return {"valid_loss": total / max(n, 1), "valid_accuracy": float(acc.compute()), "valid_miou": miou, "valid_iou": ious}
+
+
+def train_ensemble(
+    build: Callable[[int], nn.Module],
+    train: Dataset,
+    valid: Dataset | None = None,
+    *,
+    members: int,
+    seed: int = 0,
+    epochs: int,
+    lr: float,
+    fit_kwargs: Mapping[str, Any] | None = None,
+    on_member: Callable[[int, Trainer], None] | None = None,
+    **trainer_kwargs: Any,
+) -> tuple[nn.Module, list[Trainer]]:
+    """Train ``members`` copies of a segmentation model from different seeds and average them.
+
+    Member ``m`` is built by ``build(member_seed)`` after ``torch.manual_seed(member_seed)``
+    with ``member_seed = seed * 1000 + m`` and trained by its own :class:`Trainer`
+    (``seed=member_seed``, ``trainer_kwargs``) with ``fit(epochs, lr, **fit_kwargs)``. With
+    more than one member the result is a :class:`staclearn.models.SegmentationEnsemble`
+    (mean of the members' softmax; one module, one state dict); with one, the model itself.
+
+    Args:
+        build: ``member_seed -> model`` (e.g. ``lambda s: build_model(...)``); every member
+            must have the same ``spec``.
+        train: training dataset.
+        valid: validation dataset or ``None``.
+        members: number of members, >= 1.
+        seed: base seed.
+        epochs: epochs per member.
+        lr: one-cycle peak learning rate.
+        fit_kwargs: further :meth:`Trainer.fit` arguments (``weight_decay``, ``keep_best``...).
+        on_member: called with ``(m, trainer)`` after member ``m`` is trained.
+        **trainer_kwargs: :class:`Trainer` arguments (``num_classes``, ``batch_size``,
+            ``weights``, ``augment``, ``label_smoothing``, ``device``...).
+
+    Returns:
+        ``(model, trainers)``: the model in eval mode and each member's trainer (history,
+        best epoch).
+
+    Raises:
+        ConfigError: ``members < 1`` or members of different specs; plus :class:`Trainer`'s.
+    """
+    from staclearn.models import SegmentationEnsemble
+
+    if members < 1:
+        raise ConfigError(f"members must be >= 1, got {members}")
+    trainers: list[Trainer] = []
+    for m in range(members):
+        member_seed = seed * 1000 + m
+        torch.manual_seed(member_seed)
+        model = build(member_seed)
+        trainer = Trainer(model, train, valid, seed=member_seed, **trainer_kwargs)
+        trainer.fit(epochs, lr, **dict(fit_kwargs or {}))
+        trainers.append(trainer)
+        if on_member is not None:
+            on_member(m, trainer)
+    models = [t.model for t in trainers]
+    model = SegmentationEnsemble.from_members(models) if members > 1 else models[0]
+    return model.eval(), trainers
