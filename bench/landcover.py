@@ -3,7 +3,8 @@
 Folds: the scene is cut into square blocks (64 px and 96 px by default) and each
 checkerboard parity of a blocking is one fold's TEST part (used for nothing but scoring); the
 other half trains. Inside it, whole 32 px blocks holding about 20 % of its labels are the
-validation part (epoch selection), drawn with ``split_seed = seed``. Every step is the
+validation part (epoch selection), drawn with ``split_seed`` (default: the run's seed, so the
+seed spread includes the validation draw; ``--split-seed N`` fixes it). Every step is the
 product's (``staclearn.landcover.run_landcover``): ``open_items`` -> ``load_cube`` ->
 ``load_label_raster`` -> ``block_split(test_mask=...)`` -> ``export_chips`` (test imagery
 masked out of every chip) -> ``band_statistics`` of the training chips -> ``build_model`` ->
@@ -77,6 +78,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         **_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}, "class_weights": "sqrt", "label_smoothing": 0.1,
         "jitter": (0.1, 0.1, 0.1),
     },  # fmt: skip
+    "fcn16-idx-sqrt-ls-last": {
+        **_FCN, "extra": {**_FCN["extra"], "width": 16, "indices": _IDX}, "keep_best": False,
+        "class_weights": "sqrt", "label_smoothing": 0.1,
+    },  # fmt: skip
     "fcn16-idx-l4": {**_FCN, "extra": {**_FCN["extra"], "width": 16, "layers": 4, "indices": _IDX}},
 }
 
@@ -114,44 +119,42 @@ def _in_memory(index_path: Path, split: str, fill: np.ndarray) -> TensorDataset:
     return TensorDataset(torch.stack(xs), torch.stack(ys))
 
 
-def run_one(scene: dict[str, Any], test_mask: np.ndarray, recipe: dict[str, Any], seed: int, work: Path, *, rf: bool = True) -> dict[str, Any]:
+def run_one(
+    scene: dict[str, Any], test_mask: np.ndarray, recipe: dict[str, Any], seed: int, work: Path, *, rf: bool = True,
+    split_seed: int | None = None,
+) -> dict[str, Any]:
     """One fold x seed: the product's steps with the recipe's model and training settings."""
     from staclearn.chips import band_statistics, block_split, export_chips
     from staclearn.evaluate import compute_metrics, random_forest_baseline
     from staclearn.labels import IGNORE_INDEX, indices_to_values
-    from staclearn.models import SegmentationEnsemble, build_model, spectral_index_statistics
+    from staclearn.models import build_model
     from staclearn.predict import CLASS_MAP_NODATA, predict_class_map
     from staclearn.splits import TEST, TRAIN
+    from staclearn.train import train_ensemble
 
     image, labels, ok, classes, cube = scene["image"], scene["labels"], scene["ok"], scene["classes"], scene["cube"]
     names = [c.name for c in classes]
     values = [c.value for c in classes]
-    split = block_split(labels, block_size=32, valid_fraction=0.2, test_mask=test_mask, seed=seed)
+    split = block_split(labels, block_size=32, valid_fraction=0.2, test_mask=test_mask, seed=seed if split_seed is None else split_seed)
     index = export_chips(
         image, labels, split, cube.odc.geobox, work / "chips", tile_size=recipe["tile_size"], stride=recipe["stride"],
         min_labelled=0.002, nodata=scene["nodata"], band_names=list(BANDS),
     )  # fmt: skip
     index_path = work / "chips" / "chips.parquet"
     mean, std = band_statistics(index_path, "train")
-    extra = dict(recipe["extra"])
-    if extra.get("indices"):
-        train_px = (split == TRAIN) & ok
-        extra["index_mean"], extra["index_std"] = spectral_index_statistics(image[:, train_px], BANDS, extra["indices"])
+    train_px = (split == TRAIN) & ok  # training part only: no validation, no test pixel
     train_ds, valid_ds = _in_memory(index_path, "train", mean), _in_memory(index_path, "valid", mean)
     t0 = time.perf_counter()
-    models, best_epochs = [], []
-    for m in range(recipe["members"]):
-        member_seed = seed * 1000 + m
-        torch.manual_seed(member_seed)
-        model = build_model(
+    model, trainers = train_ensemble(
+        lambda _seed: build_model(
             BANDS, classes, mean=mean, std=std, architecture=recipe["architecture"], encoder=recipe["encoder"],
-            encoder_depth=recipe["encoder_depth"], extra=extra,
-        )  # fmt: skip
-        trainer = _trainer(model, train_ds, valid_ds, len(classes), recipe, member_seed)
-        trainer.fit(recipe["epochs"], recipe["lr"], weight_decay=recipe["weight_decay"], keep_best=recipe["keep_best"], progress=False)
-        models.append(trainer.model)
-        best_epochs.append(trainer.best_epoch)
-    model = SegmentationEnsemble.from_members(models) if len(models) > 1 else models[0]
+            encoder_depth=recipe["encoder_depth"], extra=recipe["extra"], index_pixels=image[:, train_px],
+        ),
+        train_ds, valid_ds, members=recipe["members"], seed=seed, epochs=recipe["epochs"], lr=recipe["lr"],
+        fit_kwargs={"weight_decay": recipe["weight_decay"], "keep_best": recipe["keep_best"], "progress": False},
+        **_trainer_kwargs(len(classes), recipe),
+    )  # fmt: skip
+    best_epochs = [t.best_epoch for t in trainers]
     train_s = time.perf_counter() - t0
     class_map = predict_class_map(model.eval(), cube, tile_size=256, padding=32, batch_size=4, device="cpu")
     label_values = indices_to_values(labels, classes)
@@ -172,20 +175,17 @@ def run_one(scene: dict[str, Any], test_mask: np.ndarray, recipe: dict[str, Any]
     return row
 
 
-def _trainer(model, train_ds, valid_ds, num_classes: int, recipe: dict[str, Any], seed: int):
+def _trainer_kwargs(num_classes: int, recipe: dict[str, Any]) -> dict[str, Any]:
     from staclearn.augment import Augmentation, RadiometricJitter
-    from staclearn.train import Trainer
 
     augment = recipe["augment"]
     if recipe.get("jitter"):
         j = recipe["jitter"]  # brightness, contrast, band gain amounts
         augment = Augmentation(radiometric=RadiometricJitter(brightness=j[0], contrast=j[1], band_gain=j[2]))
-
-    return Trainer(
-        model, train_ds, valid_ds, num_classes=num_classes, batch_size=recipe["batch_size"],
-        weights=recipe["class_weights"], augment=augment, device="cpu", seed=seed,
-        label_smoothing=recipe["label_smoothing"],
-    )  # fmt: skip
+    return {
+        "num_classes": num_classes, "batch_size": recipe["batch_size"], "weights": recipe["class_weights"],
+        "augment": augment, "label_smoothing": recipe["label_smoothing"], "device": "cpu",
+    }  # fmt: skip
 
 
 def summarise(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -212,6 +212,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--members", type=int, default=None, help="override the recipe's ensemble members")
+    p.add_argument("--split-seed", type=int, default=None, help="seed of the validation blocks (default: each run's seed)")
     p.add_argument("--no-rf", action="store_true", help="skip the RandomForest")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--jsonl", type=Path, default=None, help="append each run's JSON line here")
@@ -236,7 +237,7 @@ def main() -> None:
             test_mask = checkerboard(shape, block, parity)
             for seed in args.seeds:
                 with tempfile.TemporaryDirectory(prefix="staclearn-bench-") as tmp:
-                    row = run_one(scene, test_mask, recipe, seed, Path(tmp), rf=not args.no_rf)
+                    row = run_one(scene, test_mask, recipe, seed, Path(tmp), rf=not args.no_rf, split_seed=args.split_seed)
                 row = {"recipe": name, "fold": fold, "seed": seed, "epochs": recipe["epochs"], "members": recipe["members"], **row}
                 rows.append(row)
                 short = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if "confusion" not in k}
