@@ -33,6 +33,7 @@ whether memory grows with the raster.
 Run by hand (not in CI), e.g.::
 
     python bench/peers.py --rounds 2                  # builds /tmp/peers once (minutes)
+    python bench/peers.py --rounds 1 --size 3072      # a crop: 3072 = 8 x 384 (the peers' stride) = 6 x 512
     python bench/peers.py --rounds 1 --methods staclearn-onnx naive --wide-rows 1152
 """
 
@@ -78,6 +79,24 @@ def build_peers(work: Path) -> Path:
     if not (work / "data" / "input_4096.tif").exists():
         subprocess.run([str(py), "make_input.py"], cwd=work, check=True, env={**os.environ, "PERF_SIZE": "4096"})
     return py
+
+
+def crop_input(work: Path, size: int) -> Path:
+    """The top-left ``size`` square of the 4096 px input, same blocks and compression (PERF_INPUT)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    src = work / "data" / "input_4096.tif"
+    if size >= 4096:
+        return src
+    path = work / "data" / f"input_{size}.tif"
+    if not path.exists():
+        with rasterio.open(src) as ds:
+            prof = dict(ds.profile, width=size, height=size, driver="GTiff", tiled=True, blockxsize=512, blockysize=512)
+            data = ds.read(window=Window(0, 0, size, size))
+        with rasterio.open(path, "w", **prof) as dst:
+            dst.write(data)
+    return path
 
 
 def wide_input(work: Path, n: int = 4) -> Path:
@@ -220,6 +239,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--peers-dir", type=Path, default=Path("/tmp/peers"), help="scratch folder outside the repo")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--size", type=int, default=4096, help="a top-left crop of the input (PERF_INPUT / PERF_SIZE), px")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--wide-rows", type=int, default=0, help="also run staclearn on the first N rows of a 16384 px wide mosaic")
     p.add_argument("--threads", type=int, default=2)
@@ -238,10 +258,11 @@ def main() -> None:
     work = args.peers_dir.resolve()
     py = build_peers(work)
     card = make_card(work)
-    src = work / "data" / "input_4096.tif"
+    src = crop_input(work, args.size)
     outd = work / "out"
     outd.mkdir(exist_ok=True)
-    env = {**os.environ, "PERF_RESULTS": "results_issue15.jsonl", "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "PERF_RESULTS": "results_issue15.jsonl", "OMP_NUM_THREADS": str(args.threads),
+           "PERF_INPUT": str(src), "PERF_SIZE": str(min(args.size, 4096))}
     runs: dict[str, list[dict]] = {m: [] for m in args.methods}
 
     def ours(method: str, inp: Path, rows: int, tag: str) -> dict:

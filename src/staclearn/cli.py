@@ -115,6 +115,7 @@ def landcover_run(
     engine: Annotated[str, typer.Option(help="cube loader: odc (odc-stac) or stackstac")] = "odc",
     modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    overwrite: Annotated[bool, typer.Option(help="write into a non-empty --out (replaces that run)")] = False,
 ) -> None:
     """Train a U-Net on STAC imagery + labels, predict the whole scene, evaluate and publish.
 
@@ -151,7 +152,10 @@ def landcover_run(
         device=device,
     )
     try:
-        result = run_landcover(catalog, out, config, bbox=_bbox(bbox), datetime=datetime, modifier=_modifier(modifier), progress=progress)
+        result = run_landcover(
+            catalog, out, config, bbox=_bbox(bbox), datetime=datetime, modifier=_modifier(modifier), progress=progress,
+            overwrite=overwrite,
+        )
     except StaclearnError as err:
         _fail(err)
     for part, results in result.metrics.items():
@@ -333,19 +337,23 @@ def predict(
     out: Annotated[Path, typer.Option(help="output folder (class_map.tif + catalog.json)")],
     bbox: Annotated[Optional[str], typer.Option(help="west,south,east,north in WGS84 degrees")] = None,
     datetime: Annotated[Optional[str], typer.Option(help="RFC 3339 interval of the imagery")] = None,
-    tile_size: Annotated[int, typer.Option(help="inference tile edge incl. padding, pixels")] = 256,
+    tile_size: Annotated[str, typer.Option(help="inference tile edge incl. padding, pixels, or 'auto' (fewest pixels through the model within --memory-budget-mb)")] = "auto",
     padding: Annotated[int, typer.Option(help="inference context on each tile side, pixels")] = 32,
-    batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
+    batch_size: Annotated[int, typer.Option(help="tiles per forward pass (at most, with --tile-size auto)")] = 4,
     blend: Annotated[str, typer.Option(help="linear (seamless) or none (cut the padding)")] = "linear",
     tta: Annotated[bool, typer.Option(help="average the 8 flips/rotations (test-time augmentation)")] = False,
     probabilities: Annotated[bool, typer.Option(help="also write probabilities.tif (float32, one band per class)")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+    engine: Annotated[str, typer.Option(help="auto (ONNX Runtime when installed and the card has an ONNX asset), onnx or torch")] = "auto",
+    memory_budget_mb: Annotated[float, typer.Option(help="memory budget of --tile-size auto, MiB")] = 512,
     modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
 ) -> None:
     """Predict a class map with a published model, from its MLM card alone, and publish it.
 
     Streams tiles from the lazy cube to the COG (memory does not grow with the raster); an
-    interrupted run resumes where it stopped when called again with the same arguments."""
+    interrupted run resumes where it stopped when called again with the same arguments. The
+    model runs in ONNX Runtime when the card has an ONNX asset and onnxruntime is installed
+    (--engine auto), else in PyTorch; the engine used is printed."""
     import pystac
     import rioxarray
 
@@ -356,15 +364,20 @@ def predict(
     from staclearn.publish import class_map_item, write_catalog
     from staclearn.search import open_items
 
+    from staclearn.train import resolve_device
+
+    if tile_size != "auto" and not tile_size.isdigit():
+        raise typer.BadParameter("--tile-size is a number of pixels or 'auto'")
     try:
         card = read_card(model)
-        net = load_model(card)
+        net = load_model(card, engine=engine, device=resolve_device(device).type)
+        typer.echo(f"engine: {net.engine}" + (f" ({net.provider})" if net.engine == "onnx" else ""))
         imagery, _ = split_label_items(open_items(catalog, bbox=_bbox(bbox), datetime=datetime, modifier=_modifier(modifier)))
         cube = load_cube(imagery, bands=net.spec.bands, bbox=_bbox(bbox))
         done = predict_to_cog(
             net, cube, out / "class_map.tif", probabilities_path=out / "probabilities.tif" if probabilities else None,
-            tile_size=tile_size, padding=padding, batch_size=batch_size, device=device, blend=blend,  # type: ignore[arg-type]
-            test_time_augmentation=tta,
+            tile_size="auto" if tile_size == "auto" else int(tile_size), padding=padding, batch_size=batch_size,
+            device=device, blend=blend, test_time_augmentation=tta, memory_budget_mb=memory_budget_mb,  # type: ignore[arg-type]
         )
         cmap = rioxarray.open_rasterio(done.class_map, chunks=True).squeeze("band", drop=True)
         cmap = cmap.odc.assign_crs(cmap.rio.crs.to_wkt())
@@ -377,6 +390,25 @@ def predict(
     except StaclearnError as err:
         _fail(err)
     typer.echo(f"class map: {out / 'class_map.tif'} ({done.tiles_predicted} tiles predicted, {done.tiles_skipped} resumed)\ncatalog:   {out / 'catalog.json'}")
+
+
+@app.command("export-onnx")
+def export_onnx(
+    card: Annotated[Path, typer.Argument(help="MLM model-card Item JSON (local path); rewritten with the ONNX asset")],
+    out_dir: Annotated[Optional[Path], typer.Option(help="folder for the .onnx file; default: beside the safetensors")] = None,
+) -> None:
+    """Export an existing card's model to ONNX beside its safetensors weights and list it in
+    the card as a second mlm:model asset (mlm:artifact_type torch.onnx.export)."""
+    from staclearn.engines import add_onnx_artifact
+    from staclearn.modelcard import load_model, read_card
+
+    try:
+        item = read_card(card)
+        path = add_onnx_artifact(item, load_model(item, engine="torch"), out_dir)
+        card.write_text(json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2), encoding="utf-8")
+    except StaclearnError as err:
+        _fail(err)
+    typer.echo(f"onnx: {path}\ncard: {card}")
 
 
 @app.command()
