@@ -147,3 +147,27 @@ def test_malformed_item_json_is_named(tmp_path, damage):
         open_items(dst / "catalog.json")
     assert "nc-landsat7-2000.json" in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_run_never_clobbers_and_a_failed_run_leaves_no_folder(tmp_path, nc_catalog, shared_dir):
+    from staclearn.errors import RunExistsError
+    from staclearn.landcover import LandCoverConfig, run_landcover
+
+    out = tmp_path / "earlier"
+    out.mkdir()
+    (out / "catalog.json").write_text("{}")
+    with pytest.raises(RunExistsError, match="--overwrite"):
+        run_landcover(nc_catalog, out, LandCoverConfig(epochs=1), progress=False, log=lambda _: None)
+    assert (out / "catalog.json").read_text() == "{}"  # untouched
+    proc = subprocess.run(
+        [sys.executable, "-m", "staclearn.cli", "landcover", "run", "--catalog", str(nc_catalog), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "not empty" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    # inputs are read before the folder is made: a bad catalog leaves no folder behind
+    data = _image_path(shared_dir).read_bytes()
+    (tmp_path / "t.tif").write_bytes(data[:1000])
+    bad = _nc_copy(tmp_path, nc_catalog, str(tmp_path / "t.tif"))
+    with pytest.raises(AssetReadError):
+        run_landcover(bad, tmp_path / "new-run", LandCoverConfig(epochs=1), progress=False, log=lambda _: None)
+    assert not (tmp_path / "new-run").exists()

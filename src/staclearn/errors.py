@@ -15,6 +15,7 @@ __all__ = [
     "AssetReadError",
     "EmptyDataError",
     "MalformedStacError",
+    "RunExistsError",
     "NoItemsFoundError",
     "AssetNotFoundError",
     "BandMismatchError",
@@ -73,6 +74,10 @@ class EmptyDataError(StaclearnError, ValueError):
 class MalformedStacError(StaclearnError, ValueError):
     """A STAC JSON file (Catalog, Collection, Item, ItemCollection) is not valid JSON or lacks
     required fields; the message names the file and what is wrong."""
+
+
+class RunExistsError(StaclearnError, FileExistsError):
+    """The run folder already holds files: a run never writes into it unless told to overwrite."""
 
 
 class NoItemsFoundError(StaclearnError, LookupError):

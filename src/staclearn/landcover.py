@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,7 +30,7 @@ import pystac
 
 from staclearn.chips import ChipDataset, band_statistics, block_split, export_chips
 from staclearn.cube import load_cube, read_pixels, valid_mask
-from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError
+from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError, RunExistsError
 from staclearn.evaluate import ClassificationMetrics, compute_metrics, random_forest_baseline, summary, write_evaluation
 from staclearn.labels import IGNORE_INDEX, indices_to_values, load_label_raster
 from staclearn.modelcard import model_card
@@ -40,7 +41,7 @@ from staclearn.search import open_items
 from staclearn.splits import TEST, TRAIN, VALID, part_counts, regions_mask, split_description
 from staclearn.train import EpochRecord, Trainer
 
-__all__ = ["LandCoverConfig", "LandCoverResult", "run_landcover", "split_label_items"]
+__all__ = ["LandCoverConfig", "LandCoverResult", "run_landcover", "split_label_items", "check_run_folder"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,24 @@ class LandCoverResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def check_run_folder(out: Path, *, overwrite: bool) -> None:
+    """Refuse to write a run into a folder that already holds files, unless ``overwrite``.
+
+    Raises:
+        RunExistsError: ``out`` exists, is not empty, and ``overwrite`` is False.
+        ConfigError: ``out`` is a file.
+    """
+    from staclearn.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the run.")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        raise RunExistsError(
+            f"Run folder {out} is not empty (it holds {', '.join(sorted(p.name for p in out.iterdir())[:4])}...): "
+            "choose another --out, or pass --overwrite (Python: overwrite=True) to replace that run."
+        )
+
+
 def split_label_items(items: Sequence[pystac.Item]) -> tuple[list[pystac.Item], list[pystac.Item]]:
     """Separate imagery Items from label Items (label extension or ``label:`` properties).
 
@@ -164,6 +183,7 @@ def run_landcover(
     modifier: Callable[[Any], Any] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> LandCoverResult:
     """Run the land-cover workflow and publish its outputs into ``out_dir``.
 
@@ -182,11 +202,16 @@ def run_landcover(
         modifier: href signer, e.g. ``planetary_computer.sign_inplace``.
         progress: show progress bars.
         log: where step messages go.
+        overwrite: write into a non-empty ``out_dir`` (its chips are replaced). Without it a
+            non-empty folder is refused before anything is read; the folder itself is created
+            only once the inputs have been read and split, so a run that fails on its inputs
+            leaves nothing behind.
 
     Returns:
         A :class:`LandCoverResult`.
 
     Raises:
+        RunExistsError: ``out_dir`` holds files and ``overwrite`` is False.
         NoItemsFoundError: no imagery Item, or no label Item.
         AssetReadError: an imagery asset is truncated, corrupt or unreachable (named).
         EmptyDataError: the imagery is nodata everywhere.
@@ -195,7 +220,7 @@ def run_landcover(
         plus the errors of each step (see the step functions).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, overwrite=overwrite)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     items = open_items(source, bbox=bbox, datetime=datetime, collections=collections, modifier=modifier)
@@ -269,6 +294,9 @@ def run_landcover(
         labels_dropped_on_nodata=dropped,
     )
     log("labelled pixels per part: " + ", ".join(f"{k} {sum(v.values())}" for k, v in split_record["counts"].items()))
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and (out / "chips").exists():
+        shutil.rmtree(out / "chips")  # a previous run's chips would mix with these
     index = export_chips(
         image,
         labels,
