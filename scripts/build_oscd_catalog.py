@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA_DIR = REPO.parent / "shared" / "data" / "change" / "oscd"
 
 COLLECTION_ID = "oscd"
+#: The eleven cities of ../shared/data/change/oscd (what :func:`find_cities` finds there today).
 CITIES = (
     "aguasclaras", "beihai", "beirut", "bercy", "bordeaux", "cupertino", "nantes", "paris", "pisa", "rennes", "saclay_e",
 )
@@ -285,8 +286,9 @@ def build_catalog(data_dir: Path, out_dir: Path, relative_hrefs: bool) -> pystac
     Returns:
         The root catalog, not yet saved.
     """
+    cities = find_cities(data_dir)
     items: list[pystac.Item] = []
-    for city in CITIES:
+    for city in cities:
         city_dir = data_dir / city
         d1, d2 = read_dates(city_dir)
         before = build_image_item(city, city_dir / "imgs_1", d1)
@@ -297,9 +299,9 @@ def build_catalog(data_dir: Path, out_dir: Path, relative_hrefs: bool) -> pystac
     ends = [i.common_metadata.end_datetime for i in items]
     collection = pystac.Collection(
         id=COLLECTION_ID,
-        title=f"Onera Satellite Change Detection (OSCD), {len(CITIES)} cities",
+        title=f"Onera Satellite Change Detection (OSCD), {len(cities)} cities",
         description=(
-            f"Pairs of Sentinel-2 L1C acquisitions (13 bands) of {len(CITIES)} cities ({', '.join(CITIES)}) "
+            f"Pairs of Sentinel-2 L1C acquisitions (13 bands) of {len(cities)} cities ({', '.join(cities)}) "
             "with manually annotated urban-change masks, from the Onera Satellite Change Detection dataset (Daudt, Le Saux, "
             "Boulch and Gousseau 2018, IGARSS). Images: Copernicus Sentinel data; labels: "
             "CC BY-NC-SA 4.0 (non-commercial use)."
@@ -343,14 +345,31 @@ def build_catalog(data_dir: Path, out_dir: Path, relative_hrefs: bool) -> pystac
     return catalog
 
 
+def find_cities(data_dir: Path) -> list[str]:
+    """The city folders of an OSCD folder, sorted: every sub-folder holding ``dates.txt``,
+    ``imgs_1/``, ``imgs_2/`` and ``cm/<city>-cm_georef.tif`` (others, e.g. OSCD's readme
+    folder, are left out with a note on stderr when they look like a half city)."""
+    cities = []
+    for d in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        parts = [d / "dates.txt", d / "imgs_1", d / "imgs_2", d / "cm" / f"{d.name}-cm_georef.tif"]
+        if all(p.exists() for p in parts):
+            cities.append(d.name)
+        elif any(p.exists() for p in parts):
+            missing = [str(p.relative_to(d)) for p in parts if not p.exists()]
+            print(f"skipping {d}: no {', '.join(missing)}", file=sys.stderr)
+    return cities
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA_DIR, help="the oscd folder")
     parser.add_argument("--out", type=Path, default=REPO / "catalogs" / "oscd", help="output folder")
     args = parser.parse_args(argv)
-    if not all((args.data_dir / c / "dates.txt").is_file() for c in CITIES):
-        sys.exit(f"OSCD data not found in {args.data_dir}: expected {', '.join(CITIES)} with dates.txt each.")
+    cities = find_cities(args.data_dir) if args.data_dir.is_dir() else []
+    if not cities:
+        sys.exit(f"No OSCD city found in {args.data_dir}: expected one folder per city with dates.txt, imgs_1/, imgs_2/ and cm/.")
+    print(f"{len(cities)} cities: {', '.join(cities)}")
     relative = args.data_dir.resolve().is_relative_to((REPO.parent / "shared").resolve())
     catalog = build_catalog(args.data_dir, args.out, relative_hrefs=relative)
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)

@@ -144,3 +144,17 @@ def test_saclay_e_pair_aligns_on_the_grid_of_its_first_date(items, oscd):
     assert before.shape == after.shape == (1, 1, 639, 688) and labels.shape == (639, 688)
     assert not np.isnan(after.values).any()  # the second date covers the whole first grid
     assert int((labels.values == 1).sum()) == 4346
+
+
+@pytest.mark.realdata
+def test_the_builder_finds_all_eleven_cities_in_the_folder(oscd, tmp_path):
+    assert _builder().find_cities(oscd) == CITIES
+    # a new city folder is found without editing the script; a half-copied one is skipped
+    for name in ("zzz_new", "half"):
+        (tmp_path / name / "cm").mkdir(parents=True)
+        (tmp_path / name / "dates.txt").write_text("date_1: 20200101\ndate_2: 20210101\n")
+    for sub in ("imgs_1", "imgs_2"):
+        (tmp_path / "zzz_new" / sub).mkdir()
+    (tmp_path / "zzz_new" / "cm" / "zzz_new-cm_georef.tif").write_bytes(b"")
+    (tmp_path / "readme").mkdir()
+    assert _builder().find_cities(tmp_path) == ["zzz_new"]
