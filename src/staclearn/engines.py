@@ -187,7 +187,9 @@ def _io_fields(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def add_onnx_artifact(card: Any, model: nn.Module, out_dir: str | os.PathLike[str] | None = None) -> Path:
+def add_onnx_artifact(
+    card: Any, model: nn.Module, out_dir: str | os.PathLike[str] | None = None, *, required: bool = True
+) -> Path | None:
     """Export ``model`` to ONNX beside its safetensors weights and list it in its MLM card.
 
     Call it after :func:`staclearn.modelcard.model_card` (and before the card is written)::
@@ -208,18 +210,31 @@ def add_onnx_artifact(card: Any, model: nn.Module, out_dir: str | os.PathLike[st
         card: the card Item (``pystac.Item``) with its ``weights`` asset.
         model: the trained model the card describes.
         out_dir: folder for the ONNX file; default the weights' folder (local weights only).
+        required: ``False`` skips the export (with a :class:`~staclearn.errors.StaclearnWarning`)
+            when the ``onnx`` package (``staclearn[onnx]``) is not installed, instead of raising;
+            what training workflows pass, so a run without the extra still publishes its card.
 
     Returns:
-        The ONNX file written.
+        The ONNX file written, or None when skipped.
 
     Raises:
+        MissingDependencyError: ``onnx`` is not installed and ``required`` is True.
         ModelCardError: the card has no weights asset, or ``out_dir`` is needed (remote
             weights) and not given.
     """
-    import onnx
     import pystac
 
+    from staclearn.errors import MissingDependencyError
     from staclearn.modelcard import WEIGHTS_ASSET
+
+    try:
+        import onnx
+    except ImportError as err:
+        msg = f"No ONNX artifact for model card {card.id!r}: the onnx package is missing (pip install 'staclearn[onnx]')."
+        if required:
+            raise MissingDependencyError(msg) from err
+        warnings.warn(msg, StaclearnWarning, stacklevel=2)
+        return None
 
     weights = card.assets.get(WEIGHTS_ASSET)
     if weights is None:
