@@ -33,6 +33,7 @@ from staclearn.change import (
     change_vector_magnitude,
     cva_mask,
     export_change_chips,
+    fit_change_threshold,
     fit_cva_threshold,
     load_change_model,
     load_pair,
@@ -781,3 +782,148 @@ def test_cli_change_predict_from_the_card_with_one_search_and_two_date_ranges(os
     # dates in the wrong order: a clear error naming the Items, exit code 2
     r = CliRunner().invoke(app, [*args[:8], "--before", "2017-08-01/2017-09-30", "--after", "2016-11-01/2016-12-31", *args[12:]])
     assert r.exit_code == 2 and "DateOrderError" in r.output and "bercy-20170829" in r.output
+
+
+# ------------------------------------------------------------- grids, threshold (issue 13)
+
+
+def test_pair_on_two_grids_aligns_pixel_exactly_on_the_grid_of_the_before_date(tmp_path):
+    """Grid choice: the native grid of the before Items' finest band; the after date is
+    resampled onto it by georeference. Here the after raster is larger, shifted by whole
+    pixels and on a 5 m grid: every before pixel must get the after value of the same place."""
+    rng = np.random.default_rng(7)
+    world = rng.integers(0, 10000, (3, 90, 90)).astype(np.float32)  # a 10 m field, 90 x 90 px
+    before = world[:, 10:74, 20:84]  # 64 x 64 px starting at row 10, column 20
+    b = make_item(tmp_path, "grid-t1", before, crs=CRS, transform=_transform(500000.0 + 20 * 10.0) * Affine.translation(0, 10))
+    after_10m = world[:, 4:84, 12:90]  # another extent: 80 x 78 px starting at row 4, column 12
+    a = make_item(tmp_path, "grid-t2", after_10m, crs=CRS, transform=_transform(500000.0 + 12 * 10.0) * Affine.translation(0, 4))
+    a.datetime = datetime(2022, 6, 1, tzinfo=UTC)
+    fine = np.repeat(np.repeat(world[:, 2:88, 6:86], 2, 1), 2, 2)  # the same field on a 5 m grid, yet another extent
+    f = make_item(tmp_path, "grid-t2-5m", fine, crs=CRS, transform=_transform(500000.0 + 6 * 10.0, res=5.0) * Affine.translation(0, 4))
+    f.datetime = datetime(2022, 6, 1, tzinfo=UTC)
+    for after_item, resampling in ((a, "nearest"), (a, "bilinear"), (f, "nearest"), (f, "average")):
+        cube_b, cube_a, _ = load_pair([b], [after_item], bands=["b1", "b2", "b3"], resampling=resampling)
+        assert cube_b.odc.geobox == cube_a.odc.geobox == GeoBox((SIZE, SIZE), b_transform(b), CRS)
+        assert np.array_equal(cube_b.values[0], before)
+        assert np.array_equal(cube_a.values[0], before), (after_item.id, resampling)  # pixel-exact
+
+
+def b_transform(item: pystac.Item) -> Affine:
+    with rasterio.open(item.assets["image"].href) as src:
+        return src.transform
+
+
+def _city_catalog(tmp_path: Path, n: int) -> list[pystac.Item]:
+    """``n`` synthetic cities (64 x 64 px, 3 bands, a 14 px change square each) as STAC Items."""
+    items = []
+    for i in range(n):
+        r0, c0 = np.random.default_rng(100 + i).integers(4, SIZE - 18, 2)
+        b, a, lab = _pair_items(tmp_path, f"city{i}", i, x0=500000.0 + 1000 * i, square=(slice(r0, r0 + 14), slice(c0, c0 + 14)))
+        for item in (b, a, lab):
+            item.properties["staclearn:city"] = f"city{i}"
+        items += [b, a, lab]
+    return items
+
+
+TINY = {
+    "bands": ("b1", "b2", "b3"), "architecture": "PixelConvNet", "width": 8, "layers": 2, "tile_size": 32, "stride": 32,
+    "epochs": 2, "batch_size": 8, "lr": 1e-2, "predict_tile_size": 64, "padding": 0, "device": "cpu", "standardize": True,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny")
+    items = _city_catalog(tmp, 5)
+    config = ChangeConfig(test_cities=("city0",), valid_cities=("city1", "city2"), **TINY)
+    seen: list[list[np.ndarray]] = []
+    import staclearn.change as change_module
+
+    real = change_module.fit_change_threshold
+
+    def spy(probabilities, labels, **kw):
+        seen.append([np.asarray(lab) for lab in labels])
+        return real(probabilities, labels, **kw)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(change_module, "fit_change_threshold", spy)
+    try:
+        torch.manual_seed(0)
+        result = run_change(items, tmp / "run", config, progress=False, log=lambda _: None)
+    finally:
+        mp.undo()
+    return result, seen, items, tmp
+
+
+def test_threshold_is_chosen_on_the_validation_cities_without_the_test_city(tiny_run):
+    result, seen, _, _ = tiny_run
+    assert result.split.test == ("city0",) and result.split.valid == ("city1", "city2")
+    assert len(seen) == 1 and len(seen[0]) == 2  # one choice, from the two validation cities' labels only
+    _, _, test_labels = load_pair(*[[i for i in tiny_run[2] if i.id == f"city0-{k}"] for k in ("t1", "t2")], bands=["b1"],
+                                  label_item=next(i for i in tiny_run[2] if i.id == "city0-labels"))
+    for lab in seen[0]:
+        assert not np.array_equal(lab, test_labels.values)  # the test city's change square is elsewhere
+    # recomputed from the validation probabilities alone, it is the model's threshold
+    probs = [predict_change(result.model, *load_pair(
+        [i for i in tiny_run[2] if i.id == f"{c}-t1"], [i for i in tiny_run[2] if i.id == f"{c}-t2"], bands=list(TINY["bands"])
+    )[:2], tile_size=64, padding=0, probability=True, threshold=0.5, device="cpu").probability.values for c in ("city1", "city2")]
+    valid_labels = [lab for lab in seen[0]]
+    assert result.threshold == pytest.approx(fit_change_threshold(probs, valid_labels)[0])
+    assert 0.0 <= result.threshold <= 1.0 and "validation cities ['city1', 'city2']" in result.threshold_method
+    assert "test cities took no part" in result.threshold_method
+    # the test mask is the test probability cut at that threshold
+    with rasterio.open(result.change_masks["city0"]) as m, rasterio.open(result.probabilities["city0"]) as p:
+        assert np.array_equal(m.read(1) == 1, p.read(1) >= result.threshold)
+    pr = result.precision_recall["test"]["city0"]
+    assert len(pr["model"]["threshold"]) == 19 and pr["model_at_threshold"]["threshold"] == [result.threshold]
+    assert (result.out_dir / "evaluation_precision_recall.png").stat().st_size > 1000
+    assert json.loads(result.evaluation.read_text())["threshold"]["value"] == result.threshold
+
+
+def test_card_round_trip_keeps_the_threshold_and_predict_applies_it(tiny_run, tmp_path):
+    result, _, items, _ = tiny_run
+    card_path = result.model_card.get_self_href()
+    assert result.model_card.properties["staclearn:threshold"]["value"] == result.threshold
+    assert result.model_card.properties["staclearn:threshold"]["cities"] == ["city1", "city2"]
+    assert f"p(change) >= {result.threshold:.4f}" in result.model_card.properties["mlm:hyperparameters"]["decision_threshold"]
+    spec = spec_from_card(result.model_card)
+    assert spec.extra["threshold"] == result.threshold
+    model = load_model(card_path)
+    assert model.spec.extra["threshold"] == result.threshold
+    b, a, _ = load_pair([i for i in items if i.id == "city0-t1"], [i for i in items if i.id == "city0-t2"], bands=["b1", "b2", "b3"])
+    pred = predict_change(model, b, a, tile_size=64, padding=0, probability=True, device="cpu")
+    assert pred.mask.attrs["threshold"] == result.threshold
+    assert np.array_equal(pred.mask.values == 1, pred.probability.values >= result.threshold)
+    low = predict_change(model, b, a, tile_size=64, padding=0, threshold=0.0, device="cpu")
+    assert (low.mask.values == 1).all()  # an override wins over the card's
+    with pytest.raises(ConfigError, match=r"threshold.*\[0, 1\]"):
+        predict_change(model, b, a, threshold=1.5)
+    assert result.items["city0"].properties["staclearn:threshold"]["value"] == result.threshold
+    assert f">= {result.threshold:.4f}" in result.items["city0"].properties["processing:lineage"]
+    assert "change_probability" in result.items["city0"].assets
+
+
+def test_cli_change_predict_records_a_threshold_override(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from staclearn.cli import app
+
+    result, _, items, _ = tiny_run
+    collection = tmp_path / "items.json"
+    pystac.ItemCollection([i for i in items if i.id in ("city0-t1", "city0-t2")]).save_object(str(collection))
+    base = ["change", "predict", "--model", result.model_card.get_self_href(), "--catalog", str(collection),
+            "--before", "2021-01-01/2021-12-31", "--after", "2022-01-01/2022-12-31", "--tile-size", "64", "--padding", "0",
+            "--device", "cpu"]
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "card")])
+    assert r.exit_code == 0, r.output
+    item = next(pystac.Catalog.from_file(str(tmp_path / "card" / "catalog.json")).get_items(recursive=True))
+    assert item.properties["staclearn:threshold"]["value"] == result.threshold
+    assert "model card" in item.properties["staclearn:threshold"]["method"]
+    r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "override"), "--threshold", "0.25"])
+    assert r.exit_code == 0, r.output
+    item = next(pystac.Catalog.from_file(str(tmp_path / "override" / "catalog.json")).get_items(recursive=True))
+    assert item.properties["staclearn:threshold"] == {"value": 0.25, "method": "given with --threshold (the card's is "
+                                                       f"{result.threshold:.4f})"}
+    assert ">= 0.2500" in item.properties["processing:lineage"]
+    with rasterio.open(tmp_path / "override" / "change_mask.tif") as m, rasterio.open(tmp_path / "override" / "change_probability.tif") as p:
+        assert np.array_equal(m.read(1) == 1, p.read(1) >= 0.25)  # probability published beside the mask

@@ -38,7 +38,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ from staclearn.labels import (
 from staclearn.models import (
     DATE_PREFIXES,
     FUSIONS,
+    PIXEL_CONV,
     ModelSpec,
     SiameseDiffUnet,
     load_weights,
@@ -107,10 +108,13 @@ __all__ = [
     "build_change_model",
     "load_change_model",
     "ChangeLoss",
+    "ChangeAugmentation",
     "ChangePrediction",
     "predict_change",
     "change_vector_magnitude",
     "fit_cva_threshold",
+    "fit_change_threshold",
+    "precision_recall_table",
     "cva_mask",
     "ChangeConfig",
     "PairItems",
@@ -637,6 +641,10 @@ def build_change_model(
     encoder_depth: int = 5,
     classes: Sequence[ClassInfo] = CHANGE_CLASSES,
     standardize: bool = False,
+    architecture: str = "Unet",
+    width: int = 32,
+    layers: int = 4,
+    kernel: int = 3,
 ) -> nn.Module:
     """Build a change model taking the stacked pair ``(B, 2C, H, W)``.
 
@@ -655,32 +663,49 @@ def build_change_model(
         classes: output classes; default :data:`CHANGE_CLASSES` (0 no change, 1 change).
         standardize: the model expects each date z-scored by its own band statistics
             (:func:`stack_pair` with ``standardize=True``); :func:`predict_change` then does it.
+        architecture: ``"Unet"`` (smp U-Net with ``encoder``) or ``"PixelConvNet"``
+            (:class:`staclearn.models.PixelConvNet`: ``layers`` convolutions of
+            ``kernel x kernel`` with ``width`` channels at full resolution, early fusion only;
+            receptive field ``layers * (kernel - 1) + 1`` px, any input size).
+        width: PixelConvNet channels.
+        layers: PixelConvNet convolution blocks.
+        kernel: PixelConvNet kernel edge (odd), pixels.
 
     Returns:
         The model, with ``model.spec`` a :class:`~staclearn.models.ModelSpec` whose ``extra``
-        holds ``{"fusion": ..., "dates": 2, "date_bands": [...], "standardize": bool}``.
+        holds ``{"fusion": ..., "dates": 2, "date_bands": [...], "standardize": bool}``
+        (plus ``width`` / ``layers`` / ``kernel`` for a PixelConvNet).
 
     Raises:
-        ConfigError: unknown fusion, mean/std of neither C nor 2C values.
+        ConfigError: unknown fusion or architecture, a siamese PixelConvNet, mean/std of
+            neither C nor 2C values.
     """
     if fusion not in FUSIONS:
         raise ConfigError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+    if architecture not in ("Unet", PIXEL_CONV):
+        raise ConfigError(f"architecture must be 'Unet' or {PIXEL_CONV!r}, got {architecture!r}")
+    if architecture == PIXEL_CONV and fusion != "early":
+        raise ConfigError(f"A {PIXEL_CONV} change model is early fusion only; got fusion={fusion!r}.")
     c = len(bands)
     mean_l, std_l = [float(v) for v in mean], [float(v) for v in std]
     if len(mean_l) == c and len(std_l) == c:
         mean_l, std_l = mean_l * 2, std_l * 2
     if len(mean_l) != 2 * c or len(std_l) != 2 * c:
         raise ConfigError(f"mean/std need {c} or {2 * c} values for {c} bands per date; got {len(mean_l)}/{len(std_l)}.")
+    extra: dict[str, Any] = {"fusion": fusion, "dates": 2, "date_bands": list(bands), "standardize": bool(standardize)}
+    pixel = architecture == PIXEL_CONV
+    if pixel:
+        extra.update(width=int(width), layers=int(layers), kernel=int(kernel), dropout=0.1)
     spec = ModelSpec(
-        architecture="Unet",
-        encoder=encoder,
+        architecture=architecture,
+        encoder="none" if pixel else encoder,
         bands=tuple(pair_band_names(bands)),
         classes=tuple(classes),
         mean=tuple(mean_l),
         std=tuple(std_l),
-        encoder_weights=encoder_weights,
-        encoder_depth=encoder_depth,
-        extra={"fusion": fusion, "dates": 2, "date_bands": list(bands), "standardize": bool(standardize)},
+        encoder_weights=None if pixel else encoder_weights,
+        encoder_depth=0 if pixel else encoder_depth,
+        extra=extra,
     )
     return model_from_spec(spec)
 
@@ -747,6 +772,55 @@ class ChangeLoss(nn.Module):
         return loss
 
 
+class ChangeAugmentation(nn.Module):
+    """Augmentation of stacked pairs: one geometric transform, date swap, per-date radiometry.
+
+    1. :class:`staclearn.augment.Augmentation` (kornia flips, rotation, zoom, shift): one
+       transform for every channel and the mask, so both dates stay aligned;
+    2. date swap: with probability ``swap``, a chip's after bands become its before bands and
+       vice versa (change between two dates is symmetric; the label is unchanged);
+    3. per-date radiometric jitter: :class:`staclearn.augment.RadiometricJitter` drawn
+       *independently* for each date, so that brightness, contrast and band-gain differences
+       between acquisitions (season, sun, sensor, L1C offsets of another city) are seen as
+       training variation rather than change.
+
+    Args:
+        dates: number of dates stacked (2); the channels are split into that many equal groups.
+        swap: probability of swapping the two dates of a chip.
+        radiometric: amount of the jitter (brightness, contrast and band gain each uniform in
+            ``[1 - amount, 1 + amount]``); 0 disables it.
+        geometric: apply step 1.
+
+    Forward:
+        image ``(B, 2C, H, W) float32``, mask ``(B, H, W)`` int; returns both transformed.
+    """
+
+    def __init__(self, *, dates: int = 2, swap: float = 0.5, radiometric: float = 0.1, geometric: bool = True) -> None:
+        super().__init__()
+        from staclearn.augment import Augmentation, RadiometricJitter
+
+        self.dates, self.swap = dates, float(swap)
+        self.geometric = Augmentation() if geometric else None
+        self.jitter = (
+            RadiometricJitter(brightness=radiometric, contrast=radiometric, band_gain=radiometric / 2, p=0.8)
+            if radiometric > 0
+            else None
+        )
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.geometric is not None:
+            image, mask = self.geometric(image, mask)
+        parts = list(image.chunk(self.dates, dim=1))
+        if self.swap > 0 and self.dates == 2:
+            flip = (torch.rand(image.shape[0], 1, 1, 1, device=image.device) < self.swap).to(image.dtype)
+            parts = [flip * parts[1] + (1 - flip) * parts[0], flip * parts[0] + (1 - flip) * parts[1]]
+        if self.jitter is not None:
+            # NaN-free here (the Trainer fills nodata with the band mean before augmenting)
+            parts = [self.jitter(part) for part in parts]
+        return torch.cat(parts, 1), mask
+
+
 # --------------------------------------------------------------------------------------------
 # Prediction
 # --------------------------------------------------------------------------------------------
@@ -779,6 +853,7 @@ def predict_change(
     probability: bool = False,
     out_path: str | os.PathLike[str] | None = None,
     prob_path: str | os.PathLike[str] | None = None,
+    threshold: float | None = None,
 ) -> ChangePrediction:
     """Predict a change mask (and optionally the change probability) for a whole pair.
 
@@ -787,6 +862,12 @@ def predict_change(
     tile with padding by :func:`staclearn.predict.predict_class_map` (or
     :func:`staclearn.predict.predict_probabilities` when the probability is wanted; the mask
     is then its argmax), so the output is on the pair's GeoBox.
+
+    The decision rule: a pixel is change where its change probability is ``>= threshold``.
+    The threshold is ``threshold`` when given, else the model's own
+    (``model.spec.extra["threshold"]``, chosen on validation cities by :func:`run_change`
+    and kept in the model card), else the argmax of the class probabilities (0.5 for two
+    classes).
 
     Args:
         model: a change model (:func:`build_change_model`), input bands ``t1:*`` + ``t2:*``.
@@ -800,9 +881,12 @@ def predict_change(
         out_path: write the mask there as a uint8 COG (nodata 255).
         prob_path: write the change probability there as a float32 COG (nodata NaN);
             implies ``probability``.
+        threshold: decision threshold on the change probability in [0, 1], overriding the
+            model's.
 
     Returns:
-        A :class:`ChangePrediction`.
+        A :class:`ChangePrediction`; ``mask.attrs["threshold"]`` is the threshold applied
+        (``None``: argmax).
 
     Raises:
         BandMismatchError: the cubes' bands differ from each other or from the model's.
@@ -812,6 +896,10 @@ def predict_change(
     """
     spec = getattr(model, "spec", None)
     standardize = bool(spec.extra.get("standardize", False)) if spec is not None else False
+    if threshold is None and spec is not None and spec.extra.get("threshold") is not None:
+        threshold = float(spec.extra["threshold"])
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"threshold is a change probability in [0, 1], got {threshold}.")
     stacked = stack_pair(before, after, standardize=standardize)
     if (out_path is not None or prob_path is not None) and stacked.odc.crs is None:
         raise NoGeoreferenceError(
@@ -819,23 +907,28 @@ def predict_change(
             "written as a COG. Use the returned arrays (prediction.mask.values) instead."
         )
     kw: dict[str, Any] = {"tile_size": tile_size, "padding": padding, "batch_size": batch_size, "device": device}
-    if not (probability or prob_path is not None):
-        return ChangePrediction(predict_class_map(model, stacked, out_path=out_path, **kw))
+    if not (probability or prob_path is not None or threshold is not None):
+        mask = predict_class_map(model, stacked, out_path=out_path, **kw)
+        mask.attrs["threshold"] = None
+        return ChangePrediction(mask)
     probs = predict_probabilities(model, stacked, **kw)
     values = np.asarray([int(v) for v in probs["class"].values], dtype=np.uint8)
     p = probs.values
     ok = ~np.isnan(p).any(0)
-    mask_np = np.where(ok, values[np.nan_to_num(p, nan=0.0).argmax(0)], CLASS_MAP_NODATA).astype(np.uint8)
     change_pos = int(np.flatnonzero(values == 1)[0]) if (values == 1).any() else p.shape[0] - 1
+    if threshold is None:
+        mask_np = np.where(ok, values[np.nan_to_num(p, nan=0.0).argmax(0)], CLASS_MAP_NODATA).astype(np.uint8)
+    else:
+        mask_np = np.where(ok, np.nan_to_num(p[change_pos], nan=0.0) >= threshold, CLASS_MAP_NODATA).astype(np.uint8)
     prob = probs.isel({"class": change_pos}, drop=True).rename("change_probability")
     prob.attrs = {"nodata": float("nan")}
     mask = prob.copy(data=mask_np).rename("change")
-    mask.attrs = {"nodata": CLASS_MAP_NODATA}
+    mask.attrs = {"nodata": CLASS_MAP_NODATA, "threshold": threshold}
     if out_path is not None:
         write_cog(mask, out_path)
     if prob_path is not None:
         write_cog(prob, prob_path)
-    return ChangePrediction(mask, prob)
+    return ChangePrediction(mask, prob if (probability or prob_path is not None) else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -917,6 +1010,73 @@ def fit_cva_threshold(
     return float(thresholds[best]), float(f1[best])
 
 
+def fit_change_threshold(
+    probabilities: Sequence[np.ndarray | xr.DataArray],
+    labels: Sequence[np.ndarray | xr.DataArray],
+    *,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[float, float]:
+    """Choose the decision threshold on the change probability that maximises F1 of change.
+
+    The same rule as the CVA threshold (:func:`fit_cva_threshold`: all labelled, valid pixels
+    pooled, every distinct probability a candidate, ``p >= threshold`` is change), applied
+    to a change model's probabilities. :func:`run_change` calls it on the **validation**
+    cities only, never on a test city: a model trained with class weights and Dice on other
+    cities is not calibrated on a new one (on OSCD its probabilities of change are too low
+    or too high by city), and 0.5 is an arbitrary cut.
+
+    Args:
+        probabilities: ``(H, W)`` change probabilities in [0, 1] per pair (NaN: no data).
+        labels: ``(H, W)`` uint8 0/1 labels per pair, ``ignore_index`` unlabelled.
+        ignore_index: unlabelled value.
+
+    Returns:
+        ``(threshold, f1)``: the threshold in [0, 1] and its pooled F1 on those pairs.
+
+    Raises:
+        ConfigError: lists of different lengths or arrays of different shapes.
+        LabelError: no labelled change pixel.
+    """
+    threshold, f1 = fit_cva_threshold(probabilities, labels, ignore_index=ignore_index)
+    return min(max(threshold, 0.0), 1.0), f1
+
+
+def precision_recall_table(
+    scores: np.ndarray | xr.DataArray,
+    labels: np.ndarray | xr.DataArray,
+    thresholds: Sequence[float] = tuple(round(0.05 * i, 2) for i in range(1, 20)),
+    *,
+    ignore_index: int = IGNORE_INDEX,
+) -> dict[str, list[float]]:
+    """Precision, recall and F1 of change at each threshold of a score map (probability or magnitude).
+
+    Args:
+        scores: ``(H, W)`` scores; ``>= threshold`` is change; NaN pixels are left out.
+        labels: ``(H, W)`` 0/1 labels, ``ignore_index`` unlabelled.
+        thresholds: the thresholds, in the scores' units.
+        ignore_index: unlabelled value.
+
+    Returns:
+        ``{"threshold": [...], "precision": [...], "recall": [...], "f1": [...], "iou": [...]}``
+        (precision 1.0 where nothing is called change; F1 0 where nothing is right).
+    """
+    s, lab = np.asarray(scores, dtype=np.float64), np.asarray(labels)
+    keep = (lab != ignore_index) & np.isfinite(s)
+    s, t = s[keep], lab[keep] == 1
+    out: dict[str, list[float]] = {"threshold": [], "precision": [], "recall": [], "f1": [], "iou": []}
+    for th in thresholds:
+        pred = s >= th
+        tp = float((pred & t).sum())
+        fp = float((pred & ~t).sum())
+        fn = float((~pred & t).sum())
+        out["threshold"].append(float(th))
+        out["precision"].append(tp / (tp + fp) if tp + fp else 1.0)
+        out["recall"].append(tp / (tp + fn) if tp + fn else 0.0)
+        out["f1"].append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+        out["iou"].append(tp / (tp + fp + fn) if tp else 0.0)
+    return out
+
+
 def cva_mask(magnitude: xr.DataArray, threshold: float) -> xr.DataArray:
     """Threshold a CVA magnitude into a change mask.
 
@@ -975,6 +1135,11 @@ class ChangeConfig:
         label_asset: key of the change raster asset of the label Items.
         resampling: resampling of coarser bands onto the common grid.
         fusion: ``"early"`` (FC-EF) or ``"siam-diff"`` (FC-Siam-diff).
+        architecture: ``"Unet"`` (smp U-Net, ``encoder``) or ``"PixelConvNet"`` (small
+            full-resolution convolutional net, ``width`` / ``layers`` / ``kernel``; early fusion).
+        width: PixelConvNet channels.
+        layers: PixelConvNet convolution blocks.
+        kernel: PixelConvNet kernel edge, pixels (odd).
         tile_size: training chip edge; a multiple of ``2**encoder_depth``.
         stride: step between training chips (< tile_size: overlapping chips).
         min_labelled: minimum labelled fraction of a chip.
@@ -987,10 +1152,19 @@ class ChangeConfig:
         class_weights: ``"balanced"`` (median-frequency, :func:`staclearn.train.class_weights`),
             ``"sqrt"`` (its square root, milder) or ``None``; from the training chips only.
         dice: weight of the Dice term of :class:`ChangeLoss` (0: cross-entropy only).
-        augment: kornia flips/rotation/zoom/shift, identical for both dates and the mask.
+        augment: kornia flips/rotation/zoom/shift, identical for both dates and the mask
+            (:class:`ChangeAugmentation`, with ``date_swap`` and ``radiometric``).
+        date_swap: probability of swapping a training chip's two dates (augmentation).
+        radiometric: amount of the per-date radiometric jitter (augmentation; 0 disables it).
+        oversample_change: chips holding change pixels are drawn about this many times as
+            often (:mod:`staclearn.sampling`); ``None``: each chip once per epoch.
         standardize: z-score each date of each city by its own band statistics before the
-            model (:func:`stack_pair`) instead of one z-score of the training chips. Off by
-            default: in ``bench/change.py`` (OSCD, leave one city out) it did not help.
+            model (:func:`stack_pair`) instead of one z-score of the training chips, so a
+            new city's radiometric offsets are not change.
+        threshold: decision threshold on the change probability; ``None`` (default): chosen
+            on the validation cities (:func:`fit_change_threshold`, highest F1 of change on
+            their pooled pixels) and kept in the model (``spec.extra["threshold"]``) and its
+            card; a number: that threshold, recorded as given.
         monitor: epoch record field measured on the validation chips that picks the kept
             epoch (:meth:`staclearn.train.Trainer.fit`): ``"valid_miou"``, ``"valid_loss"``
             or ``"valid_accuracy"``.
@@ -998,7 +1172,7 @@ class ChangeConfig:
             validation chips; ``None`` never stops early.
         predict_tile_size: inference tile edge, padding included.
         padding: inference context discarded on each tile side.
-        probability: also write change-probability COGs.
+        probability: also write change-probability COGs (published beside the masks).
         seed: training seed (initialisation, shuffling, augmentation); not the split's.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     """
@@ -1016,6 +1190,10 @@ class ChangeConfig:
     label_asset: str = "labels"
     resampling: str = "bilinear"
     fusion: str = "early"
+    architecture: str = "Unet"
+    width: int = 32
+    layers: int = 4
+    kernel: int = 3
     tile_size: int = 64
     stride: int = 64
     min_labelled: float = 0.0
@@ -1028,12 +1206,16 @@ class ChangeConfig:
     class_weights: str | None = "sqrt"
     dice: float = 0.5
     augment: bool = True
+    date_swap: float = 0.0
+    radiometric: float = 0.0
+    oversample_change: float | None = None
     standardize: bool = False
+    threshold: float | None = None
     monitor: str = "valid_miou"
     patience: int | None = None
     predict_tile_size: int = 256
     padding: int = 32
-    probability: bool = False
+    probability: bool = True
     seed: int = 0
     device: str = "auto"
 
@@ -1233,6 +1415,13 @@ class ChangeResult:
         valid_pooled: model and CVA over all validation pixels together.
         cva_threshold: CVA magnitude threshold chosen on the training cities.
         cva_train_f1: F1 of change of that threshold on the training cities.
+        threshold: the model's decision threshold on the change probability (chosen on the
+            validation cities unless given).
+        threshold_method: how it was chosen, in words (as in the card).
+        precision_recall: ``{"test" | "validation": {city: {"model": table, "model_at_threshold":
+            table, "model_at_0.5": table, "cva": table}}}`` of :func:`precision_recall_table`
+            (the model's at thresholds 0.05 to 0.95, at its decision threshold and at 0.5;
+            CVA's at its training threshold).
         evaluation: ``evaluation.json`` (``"test"``, ``"validation"`` and ``"split"`` apart).
         source_items: ``{city: PairItems}`` for every city.
         split: the cities of each part (:class:`CitySplit`).
@@ -1259,6 +1448,9 @@ class ChangeResult:
     valid_pooled: dict[str, ClassificationMetrics]
     cva_threshold: float
     cva_train_f1: float
+    threshold: float
+    threshold_method: str
+    precision_recall: dict[str, Any]
     evaluation: Path
     source_items: dict[str, PairItems]
     split: CitySplit
@@ -1332,6 +1524,7 @@ def run_change(
     *,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    pairs: Mapping[str, tuple[xr.DataArray, xr.DataArray, xr.DataArray]] | None = None,
 ) -> ChangeResult:
     """Train a change model on training cities, choose its epoch on validation cities and
     evaluate it, with CVA, on test cities.
@@ -1363,6 +1556,9 @@ def run_change(
         config: settings, including the split (:class:`ChangeConfig`).
         progress: tqdm progress bars while training.
         log: where step messages go.
+        pairs: ``{city: (before, after, labels)}`` already loaded by :func:`load_pair` with
+            ``config.bands`` (e.g. by an earlier run over the same catalog, as
+            ``bench/change.py`` does); cities missing from it are loaded.
 
     Returns:
         A :class:`ChangeResult`. ``out_dir/catalog.json`` is a static catalog with the MLM
@@ -1393,8 +1589,12 @@ def run_change(
     log(f"split ({split.method}): train {list(split.train)}, validation {list(split.valid)}, test {list(split.test)}")
     bands = list(config.bands)
 
-    pairs: dict[str, tuple[xr.DataArray, xr.DataArray, xr.DataArray]] = {}
+    given = dict(pairs or {})
+    pairs = {}
     for city, g in groups.items():
+        if city in given:
+            pairs[city] = given[city]
+            continue
         before, after, labels = load_pair(
             g.before, g.after, bands=bands, label_item=g.labels, label_asset=config.label_asset, resampling=config.resampling
         )
@@ -1416,13 +1616,18 @@ def run_change(
     model = build_change_model(
         bands, mean=mean, std=std, fusion=config.fusion, encoder=config.encoder,
         encoder_weights=config.encoder_weights, encoder_depth=config.encoder_depth, standardize=config.standardize,
+        architecture=config.architecture, width=config.width, layers=config.layers, kernel=config.kernel,
     )
     train_ds = ChipDataset(index_path, "train", fill=mean)
     valid_ds = ChipDataset(index_path, "valid", fill=mean)
     loss = ChangeLoss(_weights(train_ds, config.class_weights), dice=config.dice)
+    augment: nn.Module | bool = config.augment
+    if config.augment and (config.date_swap or config.radiometric):
+        augment = ChangeAugmentation(swap=config.date_swap, radiometric=config.radiometric)
     trainer = Trainer(
         model, train_ds, valid_ds, num_classes=len(CHANGE_CLASSES), batch_size=config.batch_size, loss=loss,
-        augment=config.augment, device=config.device, seed=config.seed,
+        augment=augment, device=config.device, seed=config.seed,
+        oversample={1: config.oversample_change} if config.oversample_change else None,
     )
     history = trainer.fit(
         config.epochs, config.lr, progress=progress, keep_best=True, monitor=config.monitor, patience=config.patience,
@@ -1432,8 +1637,6 @@ def run_change(
     )
     timings["train"] = time.perf_counter() - t1
     weights = save_weights(model, out / "model" / "weights.safetensors")
-    spec_path = out / "model" / "spec.json"
-    _write_json(spec_path, model.spec.to_dict())  # type: ignore[union-attr]
     _write_json(out / "history.json", {"epochs": trainer.history_table(), "monitor": config.monitor})
 
     t2 = time.perf_counter()
@@ -1447,12 +1650,31 @@ def run_change(
     t3 = time.perf_counter()
     names = [c.name for c in CHANGE_CLASSES]
     values = [c.value for c in CHANGE_CLASSES]
+    kw = {"tile_size": config.predict_tile_size, "padding": config.padding,
+          "batch_size": max(1, config.batch_size // 4), "device": config.device}
+    # the validation cities first: they choose the decision threshold; the test cities come after
+    valid_probs = {city: predict_change(model, pairs[city][0], pairs[city][1], probability=True, threshold=0.5, **kw)
+                   for city in split.valid}
+    if config.threshold is None:
+        decision, valid_f1 = fit_change_threshold(
+            [valid_probs[c].probability.values for c in split.valid], [pairs[c][2].values for c in split.valid]  # type: ignore[union-attr]
+        )
+        how = (f"highest F1(change) on the pooled pixels of the validation cities {list(split.valid)} "
+               f"(F1 {valid_f1:.3f} there); the test cities took no part")
+        log(f"decision threshold {decision:.3f}: {how}")
+    else:
+        decision, how = float(config.threshold), "given (ChangeConfig.threshold / --threshold)"
+    threshold_record = {"value": decision, "method": how, "cities": list(split.valid) if config.threshold is None else []}
+    model.spec = replace(model.spec, extra={**model.spec.extra, "threshold": decision, "threshold_method": how})  # type: ignore[union-attr,arg-type]
+    spec_path = out / "model" / "spec.json"
+    _write_json(spec_path, model.spec.to_dict())  # type: ignore[union-attr]
     masks: dict[str, Path] = {}
     predicted: dict[str, xr.DataArray] = {}
     probs: dict[str, Path] = {}
     cvas: dict[str, Path] = {}
     per_city: dict[str, dict[str, dict[str, ClassificationMetrics]]] = {"test": {}, "validation": {}}
     pooled: dict[str, dict[str, ClassificationMetrics]] = {}
+    curves: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = {"test": {}, "validation": {}}
     for part, cities in (("validation", split.valid), ("test", split.test)):
         refs, preds, cva_preds = [], [], []
         for city in cities:
@@ -1460,10 +1682,14 @@ def run_change(
             is_test = part == "test"
             mask_path = out / f"change_{city}.tif" if is_test else None
             prob_path = out / f"change_probability_{city}.tif" if is_test and config.probability else None
-            pred = predict_change(
-                model, before, after, tile_size=config.predict_tile_size, padding=config.padding,
-                batch_size=max(1, config.batch_size // 4), device=config.device, out_path=mask_path, prob_path=prob_path,
-            )
+            if is_test:
+                pred = predict_change(model, before, after, out_path=mask_path, prob_path=prob_path, probability=True, **kw)
+            else:
+                p = valid_probs[city].probability
+                mask_np = np.where(np.isnan(p.values), CLASS_MAP_NODATA, p.values >= decision).astype(np.uint8)
+                mask = p.copy(data=mask_np).rename("change")
+                mask.attrs = {"nodata": CLASS_MAP_NODATA, "threshold": decision}
+                pred = ChangePrediction(mask, p)
             cva = cva_mask(magnitudes[city], threshold)
             if is_test:
                 masks[city] = mask_path  # type: ignore[assignment]
@@ -1476,11 +1702,17 @@ def run_change(
                 "model": compute_metrics(reference, pred.mask.values, values, names),
                 "cva": compute_metrics(reference, cva.values, values, names),
             }
+            curves[part][city] = {
+                "model": precision_recall_table(pred.probability.values, reference),  # type: ignore[union-attr]
+                "model_at_threshold": precision_recall_table(pred.probability.values, reference, [decision]),  # type: ignore[union-attr]
+                "model_at_0.5": precision_recall_table(pred.probability.values, reference, [0.5]),  # type: ignore[union-attr]
+                "cva": precision_recall_table(magnitudes[city].values, reference, [threshold]),
+            }
             refs.append(reference.ravel())
             preds.append(np.asarray(pred.mask.values).ravel())
             cva_preds.append(np.asarray(cva.values).ravel())
             m, c = per_city[part][city]["model"], per_city[part][city]["cva"]
-            log(f"{part} {city}: F1(change) {config.fusion} {m.f1['change']:.3f}  CVA {c.f1['change']:.3f}")
+            log(f"{part} {city}: F1(change) {config.fusion} {m.f1['change']:.3f} (threshold {decision:.3f})  CVA {c.f1['change']:.3f}")
         ref = np.concatenate(refs)
         pooled[part] = {
             "model": compute_metrics(ref, np.concatenate(preds), values, names),
@@ -1496,8 +1728,14 @@ def run_change(
         for part in ("test", "validation")
     }
     json_path, pngs = write_evaluation(parts, out, split=record, name="evaluation")
+    evaluation = json.loads(json_path.read_text(encoding="utf-8"))
+    evaluation["threshold"] = threshold_record
+    evaluation["precision_recall"] = curves
+    _write_json(json_path, evaluation)
+    pngs["precision_recall"] = _plot_precision_recall(curves, decision, out / "evaluation_precision_recall.png")
     card, items = _publish_run(
-        out, model, config, groups, split, record, per_city, pooled, masks, predicted, probs, json_path, pngs
+        out, model, config, groups, split, record, per_city, pooled, masks, predicted, probs, json_path, pngs,
+        threshold_record,
     )
     timings["total"] = time.perf_counter() - t0
     _write_json(out / "timings.json", timings)
@@ -1516,6 +1754,9 @@ def run_change(
         valid_pooled=pooled["validation"],
         cva_threshold=threshold,
         cva_train_f1=train_f1,
+        threshold=decision,
+        threshold_method=how,
+        precision_recall=curves,
         evaluation=json_path,
         source_items=groups,
         split=split,
@@ -1570,6 +1811,7 @@ def _publish_run(
     probs: Mapping[str, Path],
     evaluation_json: Path,
     confusion_pngs: Mapping[str, Path],
+    threshold: Mapping[str, Any],
 ) -> tuple[pystac.Item, dict[str, pystac.Item]]:
     """Write the MLM card and one change-mask Item per test city into ``out/catalog.json``."""
     from staclearn.modelcard import model_card
@@ -1595,10 +1837,18 @@ def _publish_run(
             "tile_size": config.tile_size,
             "stride": config.stride,
             "loss": f"cross-entropy ({config.class_weights or 'unweighted'} class weights) + {config.dice:g} x Dice(change)",
-            "augmentation": "kornia flips/rotation/zoom/shift, one transform for both dates and the mask"
+            "augmentation": (
+                "kornia flips/rotation/zoom/shift, one transform for both dates and the mask"
+                + (f"; date swap p={config.date_swap:g}" if config.date_swap else "")
+                + (f"; per-date radiometric jitter {config.radiometric:g}" if config.radiometric else "")
+            )
             if config.augment
             else "none",
             "resampling": config.resampling,
+            "decision_threshold": f"change where p(change) >= {threshold['value']:.4f}: {threshold['method']}",
+            "sampling": f"chips holding change drawn {config.oversample_change:g}x as often"
+            if config.oversample_change
+            else "each chip once per epoch",
             "seed": config.seed,
             "split_seed": config.split_seed,
             "epoch_selection": f"best {config.monitor} on the validation chips"
@@ -1617,6 +1867,7 @@ def _publish_run(
         ),
     )
     card.properties["staclearn:split"] = dict(record)
+    card.properties["staclearn:threshold"] = dict(threshold)
     card.add_asset(
         "evaluation",
         pystac.Asset(
@@ -1625,6 +1876,13 @@ def _publish_run(
         ),
     )
     for part, png in confusion_pngs.items():
+        if part == "precision_recall":
+            card.add_asset(
+                "precision_recall",
+                pystac.Asset(str(png.resolve()), media_type=pystac.MediaType.PNG, roles=["overview"],
+                             title="Precision / recall of change against the threshold, per test and validation city"),
+            )
+            continue
         card.add_asset(
             "confusion_matrix" if part == "test" else f"confusion_matrix_{part}",
             pystac.Asset(str(png.resolve()), media_type=pystac.MediaType.PNG, roles=["overview"], title=f"Confusion matrices ({part})"),
@@ -1635,6 +1893,7 @@ def _publish_run(
         item = change_mask_item(
             str(path.resolve()), predicted[city], id=f"{run_id}-change-{city}", before=g.before, after=g.after, model_card=card,
             probability_href=str(probs[city].resolve()) if city in probs else None,
+            threshold=float(threshold["value"]), threshold_method=str(threshold["method"]),
         )
         item.properties["staclearn:metrics"] = {"test": metrics["test"][city]}
         item.properties["staclearn:split"] = dict(record)
@@ -1653,6 +1912,8 @@ def change_mask_item(
     model_card: pystac.Item | None = None,
     probability_href: str | None = None,
     collection: str | None = None,
+    threshold: float | None = None,
+    threshold_method: str | None = None,
 ) -> pystac.Item:
     """Describe a change-mask COG as a STAC Item.
 
@@ -1671,6 +1932,11 @@ def change_mask_item(
         probability_href: href of the change-probability COG (float32, NaN nodata), added as
             asset ``change_probability``.
         collection: collection id to record.
+        threshold: the decision threshold on the change probability that made the mask,
+            recorded as ``staclearn:threshold`` ``{"value", "method"}`` and in
+            ``processing:lineage``; ``None``: argmax.
+        threshold_method: where the threshold came from (e.g. "model card: chosen on the
+            validation cities", "given with --threshold").
 
     Returns:
         The Item (projection, raster, classification and processing extensions).
@@ -1697,7 +1963,12 @@ def change_mask_item(
         lineage=(
             f"Change between {_ids(before)} (before) and {_ids(after)} (after): both dates loaded onto one GeoBox with "
             "odc-stac, stacked (t1 bands, then t2 bands) and predicted tile by tile by the change model of the "
-            "derived_from MLM card."
+            "derived_from MLM card"
+            + (
+                f"; change where p(change) >= {threshold:.4f} ({threshold_method or 'threshold given'})."
+                if threshold is not None
+                else "; class of highest probability."
+            )
         ),
         asset_key="change_mask",
         title="Change mask (0 no change, 1 change)",
@@ -1707,6 +1978,8 @@ def change_mask_item(
             for label, group in (("before", before), ("after", after)):
                 if any(link.title == f"source: {i.id}" for i in group):
                     link.title = link.title.replace("source", label, 1)
+    if threshold is not None:
+        item.properties["staclearn:threshold"] = {"value": float(threshold), "method": threshold_method or "given"}
     if probability_href is not None:
         item.add_asset(
             "change_probability",
@@ -1719,6 +1992,40 @@ def change_mask_item(
             ),
         )
     return item
+
+
+def _plot_precision_recall(curves: Mapping[str, Mapping[str, Mapping[str, Mapping[str, list[float]]]]], threshold: float, path: Path) -> Path:
+    """One precision-recall panel per test (then validation) city: the model's curve over
+    thresholds, its chosen threshold and 0.5 marked, and CVA's point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(part, city, d) for part in ("test", "validation") for city, d in curves[part].items()]
+    n = max(1, len(panels))
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, (part, city, d) in zip(axes.ravel(), panels, strict=False):
+        m = d["model"]
+        ax.plot(m["recall"], m["precision"], "-", color="#1f78b4", lw=1.2, label="model (0.05-0.95)")
+        at = d["model_at_threshold"]
+        ax.plot(at["recall"][0], at["precision"][0], "o", color="#e31a1c", label=f"model p>={threshold:.2f}")
+        half = d["model_at_0.5"]
+        ax.plot(half["recall"][0], half["precision"][0], "s", color="#ff7f00", mfc="none", label="model p>=0.5")
+        c = d["cva"]
+        ax.plot(c["recall"][0], c["precision"][0], "^", color="#333333", label="CVA")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="recall (change)", ylabel="precision (change)", title=f"{part}: {city}")
+        ax.grid(alpha=0.3)
+    axes.ravel()[0].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -248,8 +248,11 @@ def change_run(
     lr: Annotated[float, typer.Option(help="peak learning rate of the one-cycle schedule")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="chips per batch")] = 16,
     dice: Annotated[float, typer.Option(help="weight of the Dice(change) loss term")] = 0.5,
-    probability: Annotated[bool, typer.Option(help="also write change-probability COGs")] = False,
+    probability: Annotated[bool, typer.Option(help="write change-probability COGs, published beside the masks")] = True,
     patience: Annotated[Optional[int], typer.Option(help="stop after this many epochs without a better validation mIoU")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="decision threshold on p(change) (default: chosen on the validation cities, kept in the card)")] = None,
+    architecture: Annotated[Optional[str], typer.Option(help="Unet or PixelConvNet (default: the benchmarked one)")] = None,
+    standardize: Annotated[Optional[bool], typer.Option(help="z-score each date by its own band statistics (default: the benchmarked setting)")] = None,
     seed: Annotated[int, typer.Option(help="training seed (initialisation, shuffling, augmentation); not the split's")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
 ) -> None:
@@ -257,16 +260,19 @@ def change_run(
     it (with a CVA baseline) on test cities, and publish the MLM card and one change-mask Item
     per test city. Whole cities: test cities (--test-city / --test-item, else drawn with
     --split-seed) are used for nothing but the final figures; validation cities (--valid-city,
-    else drawn from the rest) choose the epoch and are reported apart; the others train."""
+    else drawn from the rest) choose the epoch and the decision threshold and are reported
+    apart; the others train."""
     from staclearn.change import S2_10M_20M, ChangeConfig, run_change
 
     try:
+        recipe = {k: v for k, v in (("architecture", architecture), ("standardize", standardize)) if v is not None}
         config = ChangeConfig(
             valid_cities=tuple(valid_cities or ()), test_cities=tuple(test_cities or ()), test_items=tuple(test_items or ()),
             split_seed=split_seed, test_fraction=test_fraction, test_count=test_count, valid_fraction=valid_fraction,
             valid_count=valid_count, bands=tuple(bands) if bands else S2_10M_20M, city_property=city_property,
             fusion=fusion, encoder=encoder, tile_size=tile_size, stride=stride, epochs=epochs, lr=lr,
             batch_size=batch_size, dice=dice, probability=probability, patience=patience, seed=seed, device=device,
+            threshold=threshold, **recipe,
         )
         result = run_change(catalog, out, config)
     except StaclearnError as err:
@@ -274,6 +280,7 @@ def change_run(
     for part, per_city, pooled in (("validation", result.valid_metrics, result.valid_pooled), ("test", result.test_metrics, result.test_pooled)):
         for city, m in {**per_city, "pooled": pooled}.items():
             typer.echo(f"{part} {city}: F1(change) model {m['model'].f1['change']:.3f}  CVA {m['cva'].f1['change']:.3f}")
+    typer.echo(f"threshold: p(change) >= {result.threshold:.4f} ({result.threshold_method})")
     typer.echo(f"report:    {result.evaluation}\ncatalog:   {result.catalog}")
 
 
@@ -286,7 +293,8 @@ def change_predict(
     out: Annotated[Path, typer.Option(help="output folder (change_mask.tif + catalog.json)")],
     bbox: Annotated[Optional[str], typer.Option(help="west,south,east,north in WGS84 degrees")] = None,
     collections: Annotated[Optional[list[str]], typer.Option("--collection", help="collection id (repeatable)")] = None,
-    probability: Annotated[bool, typer.Option(help="also write change_probability.tif")] = False,
+    probability: Annotated[bool, typer.Option(help="write change_probability.tif, published beside the mask")] = True,
+    threshold: Annotated[Optional[float], typer.Option(help="decision threshold on p(change), overriding the card's (recorded in the Item)")] = None,
     tile_size: Annotated[int, typer.Option(help="inference tile edge incl. padding, pixels")] = 256,
     padding: Annotated[int, typer.Option(help="inference context discarded on each tile side, pixels")] = 32,
     batch_size: Annotated[int, typer.Option(help="tiles per forward pass")] = 4,
@@ -294,7 +302,8 @@ def change_predict(
     modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
 ) -> None:
     """Predict a change mask with a published change model: one search, two datetime ranges
-    (before, after), both dates on one GeoBox; publish it as a change-mask Item."""
+    (before, after), both dates on one GeoBox; publish it as a change-mask Item. The mask is
+    p(change) >= the card's threshold (chosen on validation cities), or --threshold."""
 
     from staclearn.change import change_mask_item, load_pair, predict_change
     from staclearn.errors import ConfigError
@@ -317,11 +326,17 @@ def change_predict(
         prob_path = out / "change_probability.tif" if probability else None
         pred = predict_change(
             net, b, a, tile_size=tile_size, padding=padding, batch_size=batch_size, device=device,
-            out_path=out / "change_mask.tif", prob_path=prob_path,
+            out_path=out / "change_mask.tif", prob_path=prob_path, threshold=threshold,
         )
+        card_threshold = net.spec.extra.get("threshold")
+        if threshold is not None:
+            how = "given with --threshold" + (f" (the card's is {card_threshold:.4f})" if card_threshold is not None else "")
+        else:
+            how = f"model card: {net.spec.extra.get('threshold_method') or 'as recorded'}" if card_threshold is not None else None
         item = change_mask_item(
             str((out / "change_mask.tif").resolve()), pred.mask, id=f"{out.resolve().name}-change", before=found["before"],
             after=found["after"], model_card=card, probability_href=str(prob_path.resolve()) if prob_path else None,
+            threshold=pred.mask.attrs.get("threshold"), threshold_method=how,
         )
         write_catalog([item], out, id=out.resolve().name, description="staclearn change prediction")
     except StaclearnError as err:
