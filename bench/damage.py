@@ -54,6 +54,31 @@ def _prf(m, name: str) -> tuple[float, float, float]:
     return m.precision[name], m.recall[name], m.f1[name]
 
 
+def _row_line(r: dict) -> str:
+    m, b = r["model"], r["baseline"]
+    return (
+        f"{r['fold']:>4} {r['seed']:>4} {r['n_test']:>6} | {m['precision']:7.3f} {m['recall']:6.3f} {m['f1']:6.3f} | "
+        f"{b['precision']:7.3f} {b['recall']:6.3f} {b['f1']:6.3f} | {r['best_epoch']!s:>2}/{r['epochs_run']:<2} {r['train_s']:7.0f}"
+    )
+
+
+HEADER = f"{'fold':>4} {'seed':>4} {'n_test':>6} | {'model P':>7} {'R':>6} {'F1':>6} | {'base P':>7} {'R':>6} {'F1':>6} | {'epoch':>5} {'train_s':>7}"
+
+
+def report(rows: list[dict]) -> None:
+    """Print per fold the mean ± sd over seeds, then the mean ± sd over every fold x seed run."""
+    seeds = sorted({r["seed"] for r in rows})
+    print(f"\nper fold, mean ± sd over seeds {seeds} (positive class on the test tiles):")
+    for k in sorted({r["fold"] for r in rows}):
+        rs = [r for r in rows if r["fold"] == k]
+        parts = [f"{who} " + " ".join(f"{m[0].upper()} {_mean_sd([r[who][m] for r in rs])}" for m in ("precision", "recall", "f1")) for who in ("model", "baseline")]
+        print(f"fold {k}: " + " | ".join(parts))
+    print(f"\nall {len(rows)} runs, mean ± sd:")
+    for who in ("model", "baseline"):
+        print(f"{who if who == 'model' else BASELINE_NAME:>22}: " + ", ".join(f"{m} {_mean_sd([r[who][m] for r in rows])}" for m in ("precision", "recall", "f1")))
+    print(f"training seconds per run: {_mean_sd([r['train_s'] for r in rows])}; baseline seconds {_mean_sd([r['baseline_s'] for r in rows])}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA)
@@ -76,8 +101,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp folder)")
+    p.add_argument("--summary-of", type=Path, nargs="+", default=None,
+                   help="only print the table of bench.jsonl files written by earlier runs (e.g. one process per seed)")
     p.add_argument("--verbose", action="store_true", help="print run_damage's log lines (one per epoch) to stderr")
     args = p.parse_args()
+    if args.summary_of:
+        rows = [json.loads(line) for f in args.summary_of for line in f.read_text().splitlines() if line.strip()]
+        rows.sort(key=lambda r: (r["fold"], r["seed"]))
+        print(HEADER)
+        for r in rows:
+            print(_row_line(r))
+        report(rows)
+        return
     torch.set_num_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="staclearn-damage-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -107,7 +142,7 @@ def main() -> None:
     for k, f in enumerate(folds):
         n = fp[fp["tile"].isin(f)]["class_value"].value_counts().to_dict()
         print(f"fold {k}: {len(f)} tiles, labelled buildings per class value {n}", flush=True)
-    print(f"{'fold':>4} {'seed':>4} {'n_test':>6} | {'model P':>7} {'R':>6} {'F1':>6} | {'base P':>7} {'R':>6} {'F1':>6} | {'epoch':>5} {'train_s':>7}")
+    print(HEADER)
     rows = []
     for k, fold in enumerate(folds):
         if args.only_fold is not None and k not in args.only_fold:
@@ -127,21 +162,8 @@ def main() -> None:
             rows.append(row)
             with open(root / "bench.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
-            print(
-                f"{k:>4} {seed:>4} {r.n_test:>6} | {mp:7.3f} {mr:6.3f} {mf:6.3f} | {bp:7.3f} {br:6.3f} {bf:6.3f} | "
-                f"{r.best_epoch!s:>2}/{len(r.history):<2} {r.timings['train']:7.0f}",
-                flush=True,
-            )
-    print(f"\nper fold, mean of seeds {args.seeds} (positive class {positive!r} on the test tiles):")
-    for k in sorted({r["fold"] for r in rows}):
-        rs = [r for r in rows if r["fold"] == k]
-        parts = [f"{who} " + " ".join(f"{m} {_mean_sd([r[who][m] for r in rs])}" for m in ("precision", "recall", "f1")) for who in ("model", "baseline")]
-        print(f"fold {k}: " + " | ".join(parts))
-    print("\nall runs, mean ± sd:")
-    for who in ("model", "baseline"):
-        print(f"{who:>8} ({'resnet' if who == 'model' else BASELINE_NAME}): " + ", ".join(
-            f"{m} {_mean_sd([r[who][m] for r in rows])}" for m in ("precision", "recall", "f1")))  # fmt: skip
-    print(f"training seconds per run: {_mean_sd([r['train_s'] for r in rows])}; baseline seconds {_mean_sd([r['baseline_s'] for r in rows])}")
+            print(_row_line(row), flush=True)
+    report(rows)
     print(f"runs in {root}")
 
 
