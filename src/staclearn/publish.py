@@ -461,6 +461,8 @@ def _portable_href(href: str, start: str, local_start: str | None) -> str:
         same_store = _is_url(start) and urlsplit(href)[:2] == urlsplit(start)[:2]
         return make_relative_href(href, start) if same_store else href
     path = Path(_local(href))
+    if not path.is_absolute():  # relative to an object without a self href: nothing to resolve it against
+        return href
     if _is_url(start):
         if local_start is None:
             return path.resolve().as_uri()
@@ -569,6 +571,8 @@ def write_catalog(
     for item in items:
         _strip_secrets(item)
         _absolute_links(item)
+        for rel in ("root", "parent", "collection"):  # re-parented below; stale ones may not resolve
+            item.remove_links(rel)
     # a link to another Item being published follows it to its new place
     by_href = {os.path.normpath(_local(h)): i for i in items if (h := i.get_self_href())}
     for item in items:
