@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import rasterio
 import requests
 from pystac_client import Client

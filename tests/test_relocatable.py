@@ -15,7 +15,6 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pystac
-import pytest
 
 from conftest import NC_CATALOG
 from fixtures_nc_run import BANDS, PADDING, TILE, nc_run  # noqa: F401  (fixture)

@@ -16,7 +16,6 @@ import rasterio
 from rasterio.features import rasterize
 from shapely.geometry import box
 
-from conftest import SHARED_DIR
 from fixtures_nc_run import nc_run  # noqa: F401  (fixture)
 from staclearn.errors import ConfigError
 from staclearn.labels import ClassInfo

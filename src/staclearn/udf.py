@@ -63,6 +63,11 @@ Loaded models are kept for the life of the worker process (at most 4 cards, keye
 href), because openEO calls the UDF once per chunk; a card republished under the same href
 is seen after :func:`clear_model_cache` or a new process.
 
+The same graph runs locally on openeo-processes-dask, the process library of openEO back-ends
+such as EODC's, with :func:`staclearn.openeo_processes.run_process_graph` (which adds the
+``apply_neighborhood`` and ``save_result`` that library lacks); the graph as JSON and as
+openeo client code: ``examples/openeo/landcover_udf.{json,py}``.
+
 Sources: openEO UDF signatures (``openeo.udf.udf_signatures.apply_datacube``,
 ``apply_metadata``) and the ``apply_neighborhood`` process
 (https://processes.openeo.org/#apply_neighborhood).
