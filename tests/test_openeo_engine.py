@@ -81,14 +81,24 @@ def test_process_graph_on_openeo_processes_dask(nc_run, transactions_api, tmp_pa
     assert (got[edge] == want[edge]).mean() > 0.7
 
 
-def test_committed_graph_json_matches_the_client_code():
+def test_committed_graph_json_matches_the_client_code(monkeypatch):
     """examples/openeo/landcover_udf.json is what the client code builds (placeholder URLs)."""
+    import openeo.rest.datacube
+
+    def offline(url):
+        raise OSError(f"no network in tests: {url}")
+
+    monkeypatch.setattr(openeo.rest.datacube, "metadata_from_stac", offline)  # the client reads the URL's bands
     committed = json.loads((REPO / "examples" / "openeo" / "landcover_udf.json").read_text())
     cube = _example().build_cube(
         "https://stac.example.org/collections/nc-landsat7", "https://models.example.org/nc/nc-model.json",
         [632000.0, 221000.0, 640000.0, 228000.0], "EPSG:32119", ["2000-01-01", "2000-12-31"],
     )
-    assert committed == {"process_graph": cube.flat_graph()}
+    assert committed == {"process_graph": cube.flat_graph()}, (
+        "examples/openeo/landcover_udf.json is stale (it embeds udf.py): python examples/openeo/landcover_udf.py "
+        "--stac https://stac.example.org/collections/nc-landsat7 --card https://models.example.org/nc/nc-model.json "
+        "--bbox 632000,221000,640000,228000 --crs EPSG:32119 --json examples/openeo/landcover_udf.json"
+    )
     udf = committed["process_graph"]["applyneighborhood1"]["arguments"]["process"]["process_graph"]["runudf1"]["arguments"]
     assert udf["runtime"] == "Python" and udf["udf"].startswith('# /// script\n# dependencies = ["staclearn"]')
     assert udf["context"] == {"model": "https://models.example.org/nc/nc-model.json", "padding": 16, "tile_size": 160, "nodata": -99999.0}
