@@ -80,6 +80,17 @@ def test_process_graph_on_openeo_processes_dask(nc_run, transactions_api, tmp_pa
     edge[inner] = False
     assert (got[edge] == want[edge]).mean() > 0.7
 
+    # without the overlap the tiles see zero padding at their seams: the map differs there
+    for spec in graph["process_graph"]["applyneighborhood1"]["arguments"]["overlap"]:
+        spec["value"] = 0
+    (seamed,) = run_process_graph(graph, tmp_path / "no-overlap")
+    with rasterio.open(seamed) as res:
+        differs = res.read(1)[inner] != want[inner]
+    rows, cols = np.nonzero(differs)
+    assert len(rows) > 0
+    near_seam = lambda i: min((i + RF_RADIUS) % 128, 128 - (i + RF_RADIUS) % 128) <= RF_RADIUS  # noqa: E731
+    assert all(near_seam(r) or near_seam(c) for r, c in zip(rows, cols))
+
 
 def test_committed_graph_json_matches_the_client_code(monkeypatch):
     """examples/openeo/landcover_udf.json is what the client code builds (placeholder URLs)."""

@@ -4,6 +4,7 @@ with probabilities) and an OSCD change mask (EPSG:4326, areas in a local UTM zon
 from __future__ import annotations
 
 import json
+from datetime import datetime
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,20 @@ def test_a_change_mask_in_degrees(shared_dir):
     with rasterio.open(src_path) as src:
         footprint = gpd.GeoSeries([box(*src.bounds)], crs=src.crs)
     assert table.area_m2.sum() == pytest.approx(float(footprint.to_crs(table.estimate_utm_crs()).area.iloc[0]), rel=1e-6)
+
+    # as a change-mask Item with a change probability (one band): class 1 gets p, class 0 gets 1 - p
+    with tempfile.TemporaryDirectory() as tmp:
+        path, prob = Path(tmp) / "change.tif", Path(tmp) / "p.tif"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(mask, 1)
+        with rasterio.open(prob, "w", **{**profile, "dtype": "float32", "nodata": None}) as dst:
+            dst.write(np.where(mask == 1, 0.9, 0.2).astype("float32"), 1)
+        item = pystac.Item("pair-change", None, None, datetime(2018, 1, 1), {})
+        item.add_asset("change_mask", pystac.Asset(str(path), extra_fields={"classification:classes": [c.to_dict() for c in classes]}))
+        item.add_asset("change_probability", pystac.Asset(str(prob)))
+        table = vectorize(item)
+    assert set(table.class_name) == {"no change", "change"}
+    assert np.allclose(table.mean_probability, np.where(table.class_value == 1, 0.9, 0.8))
 
 
 def test_vector_item_is_published_beside_the_raster(nc_run, tmp_path):
