@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pystac
 import rasterio
 import requests
 from pystac_client import Client
@@ -21,6 +22,7 @@ from pystac_client import Client
 from fixtures_nc_run import nc_run  # noqa: F401  (fixture)
 from fixtures_pgstac import _script, pgstac_api  # noqa: F401  (fixture)
 from staclearn.modelcard import load_model
+from staclearn.publish import publish_to_api
 
 NC_BBOX = [-78.77, 35.69, -78.61, 35.81]
 
@@ -35,8 +37,10 @@ def test_publish_into_pgstac_and_search(nc_run, pgstac_api, tmp_path):
     proc = _publish("--catalog", str(nc_run.out / "catalog.json"), "--api", api)
     assert proc.returncode == 0, proc.stderr
     assert f"{api}/collections/nc-run/items/nc-class-map" in proc.stdout
-    again = _publish("--catalog", str(nc_run.out / "catalog.json"), "--api", api)  # existing Items: replaced (409 -> PUT)
-    assert again.returncode == 0, again.stderr
+    items = list(pystac.Catalog.from_file(str(nc_run.out / "catalog.json")).get_items(recursive=True))
+    for item in items:
+        item.make_asset_hrefs_absolute()
+    assert len(publish_to_api(items, api, "nc-run")) == 2  # existing Items: replaced (409 -> PUT)
 
     client = Client.open(api)
     assert "nc-run" in [c.id for c in client.get_collections()]
