@@ -102,7 +102,15 @@ def test_published_items_load_and_validate(nc_run):
     assert any(h.endswith("nc-model.json") for h in derived)
     assert pred.properties["proj:code"] == "EPSG:32119" and pred.properties["proj:shape"] == [443, 489]
     n = validate_catalog(result.catalog, shared / "schemas")
-    assert n == 5  # catalog, run collection, chips collection, card, prediction
+    assert n == 6  # catalog, run collection, chips collection, card, prediction, polygons
+    polygons = items["nc-class-map-polygons"]
+    assert any(link.rel == "derived_from" and link.get_absolute_href().endswith("nc-class-map.json") for link in polygons.links)
+    table = gpd.read_parquet(polygons.assets["polygons"].get_absolute_href())
+    with rasterio.open(result.class_map) as cm:
+        values = cm.read(1)
+        pixel_area = abs(cm.transform.a * cm.transform.e)
+    for value in np.unique(values[values != 255]):  # polygons tile the class map exactly
+        assert table.loc[table.class_value == value, "area_m2"].sum() == pytest.approx((values == value).sum() * pixel_area, rel=1e-6)
     # validate the JSON as written (pystac migrates classification v1.1.0 -> v2.0.0 on read)
     report = validate(json.loads(open(card.get_self_href()).read()), shared / "schemas")
     assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in report.validated

@@ -116,6 +116,9 @@ def landcover_run(
     modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     overwrite: Annotated[bool, typer.Option(help="write into a non-empty --out (replaces that run)")] = False,
+    vectorize: Annotated[bool, typer.Option(help="also publish the class map as polygons (polygons.parquet)")] = True,
+    min_mapping_unit_m2: Annotated[float, typer.Option(help="polygons: regions smaller than this (m2) merge into a neighbour")] = 0.0,
+    simplify_m: Annotated[Optional[float], typer.Option(help="polygons: simplification tolerance, metres")] = None,
 ) -> None:
     """Train a U-Net on STAC imagery + labels, predict the whole scene, evaluate and publish.
 
@@ -150,6 +153,9 @@ def landcover_run(
         rf_estimators=rf_estimators,
         seed=seed,
         device=device,
+        vectorize=vectorize,
+        min_mapping_unit_m2=min_mapping_unit_m2,
+        simplify_m=simplify_m,
     )
     try:
         result = run_landcover(

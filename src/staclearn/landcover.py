@@ -40,6 +40,7 @@ from staclearn.publish import chips_collection, class_map_item, geobox_geometry,
 from staclearn.search import open_items
 from staclearn.splits import TEST, TRAIN, VALID, part_counts, regions_mask, split_description
 from staclearn.train import EpochRecord, Trainer
+from staclearn.vectorize import vectorize_item
 
 __all__ = ["LandCoverConfig", "LandCoverResult", "run_landcover", "split_label_items", "check_run_folder"]
 
@@ -80,6 +81,11 @@ class LandCoverConfig:
         predict_tile_size: inference tile edge (pixels, padding included).
         padding: inference context discarded on each tile side (pixels).
         rf_estimators: trees of the RandomForest baseline (0 skips it).
+        vectorize: also write the class map as polygons (``polygons.parquet``) published as
+            a vector Item derived from the class-map Item (:func:`staclearn.vectorize.vectorize_item`).
+        min_mapping_unit_m2: regions smaller than this (m²) merge into their largest
+            neighbour before polygonizing.
+        simplify_m: polygon simplification tolerance in metres (``None``: exact pixel edges).
         seed: training seed: initialisation, shuffling and augmentation (not the split).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     """
@@ -106,6 +112,9 @@ class LandCoverConfig:
     predict_tile_size: int = 256
     padding: int = 32
     rf_estimators: int = 200
+    vectorize: bool = True
+    min_mapping_unit_m2: float = 0.0
+    simplify_m: float | None = None
     seed: int = 0
     device: str = "auto"
 
@@ -444,7 +453,14 @@ def run_landcover(
     )
     run_id = out.resolve().name
     chips = chips_collection(index_path, id=f"{run_id}-chips", source_items=[*imagery, label_item])
-    write_catalog([card, prediction], out, id=run_id, description="staclearn land-cover run", children=[chips])
+    outputs = [card, prediction]
+    if config.vectorize:
+        t4 = time.perf_counter()
+        outputs.append(
+            vectorize_item(prediction, out / "class_map.tif", out, min_area_m2=config.min_mapping_unit_m2, simplify_m=config.simplify_m)
+        )
+        timings["vectorize"] = time.perf_counter() - t4
+    write_catalog(outputs, out, id=run_id, description="staclearn land-cover run", children=[chips])
     timings["total"] = time.perf_counter() - t0
     _write_json(out / "timings.json", timings)
     return LandCoverResult(
