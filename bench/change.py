@@ -16,7 +16,7 @@ unseen city (also drawn, one panel per city, in ``precision_recall.png`` of the 
 Run by hand (not in CI):
 
     .venv/bin/python bench/change.py                      # 11 cities x seeds 0 1, the defaults of ChangeConfig
-    .venv/bin/python bench/change.py --quick              # 3 cities x 1 seed, fewer epochs
+    .venv/bin/python bench/change.py --quick              # 3 cities x 1 seed
     .venv/bin/python bench/change.py --cities paris rennes --seeds 0 --architecture Unet --epochs 40
 
 Targets (issue 13): mean F1(change) >= 0.55, >= CVA + 0.15, and not below CVA on any city.
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from staclearn.change import ChangeConfig, _group_pairs, load_pair, run_change
+from staclearn.change import ChangeConfig, _group_pairs, change_vector_magnitude, load_pair, run_change
 from staclearn.search import open_items
 
 CATALOG = Path(__file__).parents[1] / "catalogs" / "oscd" / "catalog.json"
@@ -81,9 +81,53 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def report(rows: list[dict], out: Path | None = None) -> None:
+    """Print the per-city, threshold and mean +- sd tables of benchmark rows (and draw the PR panels in ``out``)."""
+    cities = list(dict.fromkeys(r["test_city"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    print("\n| test city | seed | valid | thr | P | R | F1 | IoU | CVA P | CVA R | CVA F1 | CVA IoU | F1@0.5 | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["test_city"], r["seed"])):
+        print(f"| {r['test_city']} | {r['seed']} | {','.join(r['valid_cities'])} | {r['threshold']:.3f} | "
+              + " | ".join(f"{r[k]:.3f}" for k in ("precision", "recall", "f1", "iou", "cva_precision", "cva_recall",
+                                                    "cva_f1", "cva_iou", "f1_at_0.5"))
+              + f" | {r['train_s']:.0f} |")
+    print("\nper city (mean over seeds): model F1 / CVA F1 / difference")
+    below = []
+    for city in cities:
+        rs = [r for r in rows if r["test_city"] == city]
+        f, cv = statistics.mean(r["f1"] for r in rs), statistics.mean(r["cva_f1"] for r in rs)
+        if f < cv:
+            below.append(city)
+        print(f"  {city:12s} {f:.3f}  {cv:.3f}  {f - cv:+.3f}")
+    print("\nprecision / recall of change against the threshold on the unseen cities (mean over seeds):")
+    grid = rows[0]["pr"]["threshold"]
+    show = [i for i, t in enumerate(grid) if round(t, 2) in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)]
+    print("  " + " " * 12 + "  ".join(f"p>={grid[i]:.1f} P/R  " for i in show))
+    for city in cities:
+        rs = [r for r in rows if r["test_city"] == city]
+        cells = [
+            f"{np.mean([r['pr']['precision'][i] for r in rs]):.2f}/{np.mean([r['pr']['recall'][i] for r in rs]):.2f}   "
+            for i in show
+        ]
+        print(f"  {city:12s}" + "  ".join(cells))
+    n = f"{len(cities)} test cities x {len(seeds)} seeds"
+    train_s = [r["train_s"] for r in rows]
+    print(f"\nmodel  P {_mean_sd([r['precision'] for r in rows])}  R {_mean_sd([r['recall'] for r in rows])}  "
+          f"F1 {_mean_sd([r['f1'] for r in rows])}  IoU {_mean_sd([r['iou'] for r in rows])}  ({n})")
+    print(f"CVA    P {_mean_sd([r['cva_precision'] for r in rows])}  R {_mean_sd([r['cva_recall'] for r in rows])}  "
+          f"F1 {_mean_sd([r['cva_f1'] for r in rows])}  IoU {_mean_sd([r['cva_iou'] for r in rows])}")
+    print(f"model F1 at p>=0.5 (no threshold choice): {_mean_sd([r['f1_at_0.5'] for r in rows])}")
+    print(f"model - CVA F1: {statistics.mean(r['f1'] - r['cva_f1'] for r in rows):+.3f}; cities below CVA: {below or 'none'}")
+    print(f"training seconds: {_mean_sd(train_s)} per run, {sum(train_s):.0f} in all; whole runs "
+          f"{_mean_sd([r['total_s'] for r in rows])} s each")
+    if out is not None:
+        _plot(rows, out / "precision_recall.png")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help=f"test cities {list(QUICK_CITIES)}, seed 0, epochs / 2")
+    p.add_argument("--quick", action="store_true", help=f"test cities {list(QUICK_CITIES)}, seed 0")
     p.add_argument("--cities", nargs="+", default=None, help="test cities, one run each (default: all eleven)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds, one run each (default 0 1)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the drawing of the validation city")
@@ -113,10 +157,16 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp folder)")
     p.add_argument("--jsonl", type=Path, default=None, help="append one JSON line per run here")
+    p.add_argument("--report", type=Path, nargs="+", default=None,
+                   help="print the tables of the runs in these --jsonl files (e.g. folds run in parallel) and exit")
     args = p.parse_args()
+    if args.report:
+        rows = [json.loads(line) for path in args.report for line in path.read_text(encoding="utf-8").splitlines() if line]
+        report(rows, args.out)
+        return
     cities = args.cities or (list(QUICK_CITIES) if args.quick else list(CITIES))
     seeds = args.seeds or ([0] if args.quick else [0, 1])
-    epochs = max(1, args.epochs // 2) if args.quick else args.epochs
+    epochs = args.epochs
     torch.set_num_threads(args.threads)
     root = args.out or Path(tempfile.mkdtemp(prefix="staclearn-change-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -127,6 +177,7 @@ def main() -> None:
     for city, g in groups.items():
         b, a, lab = load_pair(g.before, g.after, bands=args.bands, label_item=g.labels, resampling=D.resampling)
         pairs[city] = (b.load(), a.load(), lab)
+    magnitudes = {city: change_vector_magnitude(b, a) for city, (b, a, _) in pairs.items()}
     print(f"loaded {len(pairs)} cities in {time.perf_counter() - t0:.0f} s", flush=True)
 
     rows: list[dict] = []
@@ -142,7 +193,8 @@ def main() -> None:
                 oversample_change=args.oversample_change, threshold=args.threshold, seed=seed, device=args.device,
             )
             t1 = time.perf_counter()
-            r = run_change(CATALOG, root / city / f"seed{seed}", config, progress=False, log=lambda _: None, pairs=pairs)
+            r = run_change(CATALOG, root / city / f"seed{seed}", config, progress=False, log=lambda _: None, pairs=pairs,
+                           magnitudes=magnitudes)
             m, c = r.test_metrics[city]["model"], r.test_metrics[city]["cva"]
             curves = r.precision_recall["test"][city]
             half = curves["model_at_0.5"]
@@ -168,36 +220,8 @@ def main() -> None:
                 with args.jsonl.open("a", encoding="utf-8") as f:
                     f.write(json.dumps({**row, "settings": {**vars(args), "out": str(root), "jsonl": str(args.jsonl)}}) + "\n")
 
-    print("\nper city (mean over seeds): model F1 / CVA F1 / difference")
-    below = []
-    for city in cities:
-        rs = [r for r in rows if r["test_city"] == city]
-        f, cv = statistics.mean(r["f1"] for r in rs), statistics.mean(r["cva_f1"] for r in rs)
-        if f < cv:
-            below.append(city)
-        print(f"  {city:12s} {f:.3f}  {cv:.3f}  {f - cv:+.3f}")
-    print("\nprecision / recall of change against the threshold on the unseen cities (mean over seeds):")
-    grid = rows[0]["pr"]["threshold"]
-    show = [i for i, t in enumerate(grid) if round(t, 2) in (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)]
-    print("  " + " " * 12 + "  ".join(f"p>={grid[i]:.1f} P/R  " for i in show))
-    for city in cities:
-        rs = [r for r in rows if r["test_city"] == city]
-        cells = [
-            f"{np.mean([r['pr']['precision'][i] for r in rs]):.2f}/{np.mean([r['pr']['recall'][i] for r in rs]):.2f}   "
-            for i in show
-        ]
-        print(f"  {city:12s}" + "  ".join(cells))
-    n = f"{len(cities)} test cities x {len(seeds)} seeds"
-    train_s = [r["train_s"] for r in rows]
-    print(f"\nmodel  P {_mean_sd([r['precision'] for r in rows])}  R {_mean_sd([r['recall'] for r in rows])}  "
-          f"F1 {_mean_sd([r['f1'] for r in rows])}  IoU {_mean_sd([r['iou'] for r in rows])}  ({n})")
-    print(f"CVA    P {_mean_sd([r['cva_precision'] for r in rows])}  R {_mean_sd([r['cva_recall'] for r in rows])}  "
-          f"F1 {_mean_sd([r['cva_f1'] for r in rows])}  IoU {_mean_sd([r['cva_iou'] for r in rows])}")
-    print(f"model F1 at p>=0.5 (no threshold choice): {_mean_sd([r['f1_at_0.5'] for r in rows])}")
-    print(f"model - CVA F1: {statistics.mean(r['f1'] - r['cva_f1'] for r in rows):+.3f}; cities below CVA: {below or 'none'}")
-    print(f"training seconds: {_mean_sd(train_s)} per run, {sum(train_s):.0f} in all; wall {time.perf_counter() - t0:.0f} s")
-    _plot(rows, root / "precision_recall.png")
-    print(f"settings: {vars(args)}; epochs {epochs}; seeds {seeds}; peak RSS "
+    report(rows, root)
+    print(f"settings: {vars(args)}; epochs {epochs}; seeds {seeds}; wall {time.perf_counter() - t0:.0f} s; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB; runs and precision_recall.png in {root}")
 
 

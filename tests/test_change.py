@@ -677,7 +677,9 @@ def test_oscd_run_on_an_unseen_city(oscd_run):
 
     # evaluation.json: test and validation apart, and the split record with pixel counts per part
     report = json.loads(result.evaluation.read_text())
-    assert set(report) == {"test", "validation", "split"}
+    assert set(report) == {"test", "validation", "split", "threshold", "precision_recall"}
+    assert report["threshold"]["cities"] == ["rennes"] and report["threshold"]["value"] == result.threshold
+    assert set(report["precision_recall"]["test"]) == {"bercy"} and set(report["precision_recall"]["validation"]) == {"rennes"}
     assert set(report["test"]["models"]) == {"bercy early", "bercy cva", "pooled early", "pooled cva"}
     assert set(report["validation"]["models"]) == {"rennes early", "rennes cva", "pooled early", "pooled cva"}
     assert report["test"]["models"]["bercy early"]["confusion"] == m.confusion.tolist()

@@ -1525,6 +1525,7 @@ def run_change(
     progress: bool = True,
     log: Callable[[str], None] = print,
     pairs: Mapping[str, tuple[xr.DataArray, xr.DataArray, xr.DataArray]] | None = None,
+    magnitudes: Mapping[str, xr.DataArray] | None = None,
 ) -> ChangeResult:
     """Train a change model on training cities, choose its epoch on validation cities and
     evaluate it, with CVA, on test cities.
@@ -1559,6 +1560,8 @@ def run_change(
         pairs: ``{city: (before, after, labels)}`` already loaded by :func:`load_pair` with
             ``config.bands`` (e.g. by an earlier run over the same catalog, as
             ``bench/change.py`` does); cities missing from it are loaded.
+        magnitudes: ``{city: change_vector_magnitude(before, after)}`` already computed
+            for those pairs; cities missing from it are computed.
 
     Returns:
         A :class:`ChangeResult`. ``out_dir/catalog.json`` is a static catalog with the MLM
@@ -1640,7 +1643,8 @@ def run_change(
     _write_json(out / "history.json", {"epochs": trainer.history_table(), "monitor": config.monitor})
 
     t2 = time.perf_counter()
-    magnitudes = {city: change_vector_magnitude(b, a) for city, (b, a, _) in pairs.items()}
+    given_m = dict(magnitudes or {})
+    magnitudes = {city: given_m[city] if city in given_m else change_vector_magnitude(b, a) for city, (b, a, _) in pairs.items()}
     threshold, train_f1 = fit_cva_threshold(
         [magnitudes[c].values for c in split.train], [pairs[c][2].values for c in split.train]
     )
