@@ -317,7 +317,7 @@ def main() -> None:
         base = med.get(m, {}).get("peak_rss_mb")
         if "peak_rss_mb" in r:
             print(f"\n16384 px wide, first {args.wide_rows} rows, {m}: {r['mpx_s']:.3f} Mpx/s, tile {r['tile']}, "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f" ({r['peak_rss_mb'] / base - 1:+.1%} vs 4096²)" if base else ""))
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f" ({r['peak_rss_mb'] / base - 1:+.1%} vs the {args.size}² run)" if base else ""))
         else:
             print(f"\n16384 wide {m}: error {r.get('error', '')[-300:]}")
     with open(outd / "issue15_runs.json", "w") as f:
