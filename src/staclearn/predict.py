@@ -24,6 +24,12 @@ pass of the current ones; the stitched probabilities are held only for the rows 
 still to come can touch (about ``tile_size`` rows), and finished rows go to a sink: an
 in-memory array (:func:`predict_class_map`, :func:`predict_probabilities`) or a GeoTIFF on
 disk (:func:`predict_to_cog`, whose memory does not grow with the raster).
+
+Speed (``engine``, ``tile_size="auto"``): an :class:`~staclearn.engines.OnnxModel` (a card's
+ONNX asset, :func:`staclearn.modelcard.load_model` with ``engine="auto"``) runs in ONNX Runtime;
+a PyTorch module runs under ``torch.inference_mode`` and, on a CPU, in channels_last.
+``tile_size="auto"`` (:func:`auto_tile_size`) spends a memory budget on larger tiles, so less of
+each tile is context thrown away.
 """
 
 from __future__ import annotations
