@@ -212,7 +212,7 @@ def test_export_index_statuses_and_dataset(tmp_path):
 def test_santa_rosa_chips_geolocated_and_outside_tiles_reported(xbd_dir):
     gdf = read_footprints(read_xbd_labels(sorted((xbd_dir / "labels").glob("*_post_disaster.json"))))
     post = xbd_dir / "images" / "santa-rosa-wildfire_00000012_post_disaster.tif"
-    with pytest.warns(FootprintWarning, match="711 footprints lie outside the post imagery"):
+    with pytest.warns(FootprintWarning, match="2193 footprints lie outside the post imagery"):
         reader = FootprintChipReader(gdf, post, chip_size=128, buffer_m=5.0)
     with reader:
         ok = reader.status == "ok"
