@@ -10,12 +10,19 @@ the mask, hence for both dates) and the tiled prediction are those of land cover
 date may be z-scored by its own band statistics first (``standardize``), so radiometric
 differences between seasons and places are not change.
 
-Two models take that stacked input (Daudt, Le Saux and Boulch 2018, "Fully convolutional
-siamese networks for change detection", ICIP):
+Three models take that stacked input (Daudt, Le Saux and Boulch 2018, "Fully convolutional
+siamese networks for change detection", ICIP, for the first two):
 
 * ``fusion="early"`` (FC-EF): a U-Net on the 2C channels (:class:`staclearn.models.SegmentationModel`);
 * ``fusion="siam-diff"`` (FC-Siam-diff): :class:`SiameseDiffUnet`, one encoder shared by the
-  two dates and a U-Net decoder fed with the absolute feature differences ``|f1 - f2|``.
+  two dates and a U-Net decoder fed with the absolute feature differences ``|f1 - f2|``;
+* ``architecture="PixelConvNet"`` (the default of :class:`ChangeConfig`): early fusion in a
+  small full-resolution network (:class:`staclearn.models.PixelConvNet`), the cheapest that
+  beat CVA on unseen OSCD cities on CPU (``bench/change.py``).
+
+A pixel is change where the model's probability of change reaches a decision threshold
+chosen on validation cities (:func:`fit_change_threshold`), kept in the model card and
+applied by :func:`predict_change`; the probability map is published beside the mask.
 
 Labels are class indices 0 = no change, 1 = change, 255 = unlabelled (OSCD's 1/2 masks are
 mapped through their ``classification:classes``). The classic baseline is change vector
@@ -1538,9 +1545,13 @@ def run_change(
     and normalisation statistics from the training chips; the epoch kept by
     ``config.monitor`` on the validation chips, early stopping with ``config.patience``) ->
     CVA threshold fitted on the training cities -> :func:`predict_change` on each whole
-    validation and test city -> :func:`staclearn.evaluate.compute_metrics` of the model and of
-    CVA, per city and pooled per part. The test cities are used for nothing but those
-    final figures.
+    validation city -> the decision threshold on p(change) chosen there
+    (:func:`fit_change_threshold`, unless ``config.threshold`` is given) and stored in
+    ``model.spec.extra["threshold"]`` -> :func:`predict_change` on each test city with it ->
+    :func:`staclearn.evaluate.compute_metrics` of the model and of CVA, per city and pooled
+    per part, and precision / recall against the threshold per city
+    (:func:`precision_recall_table`, ``evaluation_precision_recall.png``). The test cities
+    are used for nothing but those final figures.
 
     Args:
         catalog: STAC catalog path / URL or Items (see :func:`staclearn.search.open_items`),
