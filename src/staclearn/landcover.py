@@ -30,7 +30,7 @@ import pystac
 
 from staclearn.chips import ChipDataset, band_statistics, block_split, export_chips
 from staclearn.cube import load_cube, read_pixels, valid_mask
-from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError, RunExistsError
+from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError, RunExistsError, StaclearnWarning
 from staclearn.evaluate import ClassificationMetrics, compute_metrics, random_forest_baseline, summary, write_evaluation
 from staclearn.labels import IGNORE_INDEX, indices_to_values, load_label_raster
 from staclearn.modelcard import model_card
@@ -39,6 +39,7 @@ from staclearn.predict import CLASS_MAP_NODATA, predict_class_map, write_cog
 from staclearn.publish import chips_collection, class_map_item, geobox_geometry, write_catalog
 from staclearn.search import open_items
 from staclearn.splits import TEST, TRAIN, VALID, part_counts, regions_mask, split_description
+from staclearn.engines import add_onnx_artifact
 from staclearn.train import EpochRecord, Trainer
 from staclearn.vectorize import vectorize_item
 
@@ -81,6 +82,10 @@ class LandCoverConfig:
         predict_tile_size: inference tile edge (pixels, padding included).
         padding: inference context discarded on each tile side (pixels).
         rf_estimators: trees of the RandomForest baseline (0 skips it).
+        onnx: also export the network as ONNX beside the safetensors and list it in the card
+            (:func:`staclearn.engines.add_onnx_artifact`; skipped with a warning when the
+            ``onnx`` extra is not installed), so ``load_model(card, engine="auto")`` runs it in
+            ONNX Runtime.
         vectorize: also write the class map as polygons (``polygons.parquet``) published as
             a vector Item derived from the class-map Item (:func:`staclearn.vectorize.vectorize_item`).
         min_mapping_unit_m2: regions smaller than this (m²) merge into their largest
@@ -113,6 +118,7 @@ class LandCoverConfig:
     padding: int = 32
     rf_estimators: int = 200
     vectorize: bool = True
+    onnx: bool = True
     min_mapping_unit_m2: float = 0.0
     simplify_m: float | None = None
     seed: int = 0
@@ -432,6 +438,13 @@ def run_landcover(
         metrics=card_metrics,
         description=f"Land-cover {config.architecture} ({config.encoder}) for {len(bands)} bands {bands}, trained by staclearn on {label_item.id}.",
     )
+    if config.onnx:
+        t5 = time.perf_counter()
+        try:
+            add_onnx_artifact(card, model, required=False)
+        except Exception as err:  # noqa: BLE001 - the safetensors card stands without it
+            warnings.warn(f"No ONNX artifact for {card.id!r}: the export failed ({err}); the card keeps the safetensors weights only.", StaclearnWarning, stacklevel=2)
+        timings["onnx_export"] = time.perf_counter() - t5
     card.add_asset(
         "evaluation",
         pystac.Asset(str(json_path.resolve()), media_type=pystac.MediaType.JSON, roles=["metadata"], title="Evaluation: test part and validation part apart"),
