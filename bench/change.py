@@ -1,11 +1,12 @@
 """Benchmark: change detection on real OSCD cities, leave one city out, beside change vector analysis.
 
 For each test city (all eleven of ``catalogs/oscd`` by default) and each training seed,
-:func:`staclearn.change.run_change` trains a change model on the other cities but one,
-chooses its epoch and its decision threshold on that validation city (drawn with
-``--split-seed`` from the non-test cities, the same for every training seed), and evaluates
-it on the test city beside change vector analysis (threshold fitted on the same training
-cities). The test city is used for nothing but the figures. The pairs are loaded once and
+:func:`staclearn.change.run_change` trains a change model on the other cities but two,
+chooses its epoch and its decision threshold on those two validation cities (20 % of the
+non-test cities, drawn with ``--split-seed``, the same for every training seed), and
+evaluates it on the test city beside change vector analysis (threshold fitted on the same
+training cities). The recipe is :class:`staclearn.change.ChangeConfig`'s defaults unless a
+flag says otherwise. The test city is used for nothing but the figures. The pairs are loaded once and
 shared by every run.
 
 Prints one line per (test city, seed): precision / recall / F1 / IoU of the change class for
@@ -130,7 +131,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help=f"test cities {list(QUICK_CITIES)}, seed 0")
     p.add_argument("--cities", nargs="+", default=None, help="test cities, one run each (default: all eleven)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds, one run each (default 0 1)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the drawing of the validation city")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the drawing of the validation cities")
     p.add_argument("--fusion", default=D.fusion, choices=["early", "siam-diff"])
     p.add_argument("--architecture", default=D.architecture, choices=["Unet", "PixelConvNet"])
     p.add_argument("--width", type=int, default=D.width)
