@@ -13,11 +13,13 @@ masked out of every chip) -> ``band_statistics`` of the training chips -> ``buil
 band values, ``random_state = seed``) is fitted on exactly the same training pixels
 (``random_forest_baseline``) and scored on the same test pixels.
 
-Recipes (``--recipe``, several allowed) are named settings in ``RECIPES``; ``--list`` prints
-them. Each fold x seed prints one JSON line; the summary gives mean +- sd over all runs and the
+``--recipe product`` (the default) runs ``run_landcover`` itself, with its defaults (what
+``staclearn landcover run`` trains), the checkerboard half given as test regions. Other
+recipes (``--recipe``, several allowed) are named settings in ``RECIPES``, run through the same
+steps with the library's functions; ``--list`` prints them. Each fold x seed prints one JSON line; the summary gives mean +- sd over all runs and the
 standard deviation across seeds (per fold, then its mean and max). Run by hand (not in CI):
 
-    .venv/bin/python bench/landcover.py --split-seed 0      # the winner, 4 folds x 3 seeds
+    .venv/bin/python bench/landcover.py --split-seed 0      # the product's default, 4 folds x 3 seeds
     .venv/bin/python bench/landcover.py --recipe unet --folds 64:0 96:1 --seeds 0 --epochs 5
 
 Results (2 shared CPU cores, torch 1 thread, 2026-12-02; --split-seed 0; 4 folds x 3 seeds = 12 runs;
@@ -184,6 +186,24 @@ def run_one(
     return row
 
 
+def run_product(scene: dict[str, Any], test_mask: np.ndarray, seed: int, work: Path, *, split_seed: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """One fold x seed through ``run_landcover`` itself with its defaults: the checkerboard
+    half as the user's test regions (a mask on the label grid), validation blocks of 32 px."""
+    from staclearn.landcover import LandCoverConfig, run_landcover
+
+    config = LandCoverConfig(
+        test_regions=test_mask, split_seed=seed if split_seed is None else split_seed, seed=seed, block_size=32,
+        valid_fraction=0.2, rf_estimators=500, device="cpu", onnx=False, vectorize=False, **overrides,
+    )  # fmt: skip
+    result = run_landcover(CATALOG, work / "run", config, progress=False, log=lambda _: None)
+    m, rf = result.metrics["test"]["unet"], result.metrics["test"]["random_forest"]
+    return {
+        "oa": m.overall_accuracy, "f1": m.macro_f1, "train_s": result.timings["train"], "n_test": m.n_samples,
+        "rf_oa": rf.overall_accuracy, "rf_f1": rf.macro_f1, "rf_s": result.timings.get("random_forest"),
+        "confusion": m.confusion.tolist(), "rf_confusion": rf.confusion.tolist(),
+    }  # fmt: skip
+
+
 def _trainer_kwargs(num_classes: int, recipe: dict[str, Any]) -> dict[str, Any]:
     from staclearn.augment import Augmentation, RadiometricJitter
 
@@ -216,7 +236,7 @@ def summarise(rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", nargs="+", default=["fcn-idx-ens5"], help="names in RECIPES")
+    p.add_argument("--recipe", nargs="+", default=["product"], help="'product' (run_landcover with its defaults) or names in RECIPES")
     p.add_argument("--folds", nargs="+", default=["64:0", "64:1", "96:0", "96:1"], help="BLOCK:PARITY of the test checkerboard")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
@@ -235,7 +255,7 @@ def main() -> None:
     scene = load_scene()
     shape = scene["labels"].shape
     for name in args.recipe:
-        recipe = dict(RECIPES[name])
+        recipe = dict(RECIPES[name]) if name != "product" else {"epochs": None, "members": None}
         if args.epochs is not None:
             recipe["epochs"] = args.epochs
         if args.members is not None:
@@ -246,7 +266,11 @@ def main() -> None:
             test_mask = checkerboard(shape, block, parity)
             for seed in args.seeds:
                 with tempfile.TemporaryDirectory(prefix="staclearn-bench-") as tmp:
-                    row = run_one(scene, test_mask, recipe, seed, Path(tmp), rf=not args.no_rf, split_seed=args.split_seed)
+                    if name == "product":
+                        over = {k: v for k, v in (("epochs", args.epochs), ("members", args.members)) if v is not None}
+                        row = run_product(scene, test_mask, seed, Path(tmp), split_seed=args.split_seed, **over)
+                    else:
+                        row = run_one(scene, test_mask, recipe, seed, Path(tmp), rf=not args.no_rf, split_seed=args.split_seed)
                 row = {"recipe": name, "fold": fold, "seed": seed, "epochs": recipe["epochs"], "members": recipe["members"], **row}
                 rows.append(row)
                 short = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if "confusion" not in k}

@@ -29,7 +29,7 @@ def nc_run(tmp_path_factory, request):
     if not (SHARED_DIR / "data" / "landcover" / "nc_landsat7" / "landsat_multiband.tif").exists():
         pytest.skip("needs ../shared/data/landcover/nc_landsat7 (the NC Landsat-7 scene)")
     out = tmp_path_factory.mktemp("nc") / "nc"
-    config = LandCoverConfig(bands=("b1", "b2", "b3", "b4", "b5"), epochs=4, batch_size=16, rf_estimators=50, seed=0)
+    config = LandCoverConfig(bands=("b1", "b2", "b3", "b4", "b5"), epochs=4, members=2, batch_size=16, rf_estimators=50, seed=0)
     result = run_landcover(NC_CATALOG, out, config, progress=False, log=lambda _: None)
     return result, SHARED_DIR
 
@@ -72,10 +72,10 @@ def test_metrics_json_keeps_test_and_validation_apart(nc_run):
     assert (result.out_dir / "evaluation_confusion.png").stat().st_size > 10_000
     assert (result.out_dir / "evaluation_validation_confusion.png").stat().st_size > 10_000
     hist = json.loads((result.out_dir / "history.json").read_text())
-    assert len(hist["epochs"]) == 4 and hist["epochs"][-1]["train_loss"] < hist["epochs"][0]["train_loss"]
-    # the epoch kept is the best on VALIDATION
-    best = max(hist["epochs"], key=lambda e: e["valid_miou"])
-    assert hist["best_epoch"] == best["epoch"]
+    # two ensemble members (seeds 0 and 1), each trained 4 epochs; the last epoch is kept
+    assert [m["seed"] for m in hist["members"]] == [0, 1] and hist["epoch_selection"].startswith("last epoch")
+    for member in hist["members"]:
+        assert len(member["epochs"]) == 4 and member["epochs"][-1]["train_loss"] < member["epochs"][0]["train_loss"]
 
 
 def test_published_items_load_and_validate(nc_run):

@@ -202,7 +202,7 @@ def nc_runs(tmp_path_factory):
     regions.to_frame("geometry").to_file(regions_path)
     runs = {}
     for seed in (0, 1):
-        config = LandCoverConfig(epochs=1, rf_estimators=20, seed=seed, split_seed=5, test_regions=str(regions_path), device="cpu")
+        config = LandCoverConfig(epochs=1, members=1, rf_estimators=20, seed=seed, split_seed=5, test_regions=str(regions_path), device="cpu")
         with pytest.warns(NodataLabelsWarning, match="168 labelled pixels"):
             runs[seed] = run_landcover(NC_CATALOG, root / f"seed{seed}", config, progress=False, log=lambda _: None)
     return runs, poly, crs

@@ -102,14 +102,16 @@ def landcover_run(
     block_size: Annotated[int, typer.Option(help="edge of the spatial split blocks, pixels")] = 64,
     valid_fraction: Annotated[float, typer.Option(help="share of the non-test labelled pixels held out for validation (epoch selection), 0-1")] = 0.2,
     split_seed: Annotated[int, typer.Option(help="seed of the test / validation block draws (separate from --seed)")] = 0,
-    encoder: Annotated[str, typer.Option(help="U-Net encoder (resnet18, resnet34, efficientnet-b0...)")] = "resnet18",
+    architecture: Annotated[str, typer.Option(help="PixelConvNet (default: small FCN + spectral indices, the benchmark's winner) or an smp architecture (Unet, FPN...)")] = "PixelConvNet",
+    encoder: Annotated[str, typer.Option(help="smp encoder for smp architectures (resnet18, resnet34, efficientnet-b0...)")] = "resnet18",
     encoder_weights: Annotated[Optional[str], typer.Option(help="'imagenet' needs internet; default random init")] = None,
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 30,
+    members: Annotated[int, typer.Option(help="models trained from different seeds and averaged into one")] = 5,
+    epochs: Annotated[int, typer.Option(help="training epochs per member")] = 30,
     lr: Annotated[float, typer.Option(help="peak learning rate of the one-cycle schedule")] = 3e-3,
     batch_size: Annotated[int, typer.Option(help="chips per batch")] = 16,
     predict_tile_size: Annotated[int, typer.Option(help="inference tile edge incl. padding, pixels")] = 256,
     padding: Annotated[int, typer.Option(help="inference context discarded on each tile side, pixels")] = 32,
-    rf_estimators: Annotated[int, typer.Option(help="trees of the RandomForest baseline (0 = skip)")] = 200,
+    rf_estimators: Annotated[int, typer.Option(help="trees of the RandomForest baseline (0 = skip)")] = 500,
     seed: Annotated[int, typer.Option(help="training seed: initialisation, shuffling, augmentation")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
     engine: Annotated[str, typer.Option(help="cube loader: odc (odc-stac) or stackstac")] = "odc",
@@ -145,6 +147,13 @@ def landcover_run(
         split_seed=split_seed,
         encoder=encoder,
         encoder_weights=encoder_weights,
+        **(
+            {}
+            if architecture == "PixelConvNet"
+            else {"architecture": architecture, "model_options": None, "class_weights": "balanced", "label_smoothing": 0.0,
+                  "weight_decay": 1e-4, "keep_best": True}
+        ),
+        members=members,
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
