@@ -171,3 +171,26 @@ def test_run_never_clobbers_and_a_failed_run_leaves_no_folder(tmp_path, nc_catal
     with pytest.raises(AssetReadError):
         run_landcover(bad, tmp_path / "new-run", LandCoverConfig(epochs=1), progress=False, log=lambda _: None)
     assert not (tmp_path / "new-run").exists()
+
+
+def test_card_whose_weights_are_gone_is_a_named_error(tmp_path):
+    """A card copied without its weights: one named error naming the card, asset and href."""
+    import torch
+
+    from staclearn.errors import WeightsNotFoundError
+    from staclearn.labels import ClassInfo
+    from staclearn.modelcard import load_model, model_card
+    from staclearn.models import build_model, save_weights
+
+    classes = [ClassInfo(1, "a"), ClassInfo(2, "b")]
+    model = build_model(["r", "g"], classes, mean=[0, 0], std=[1, 1], architecture="PixelConvNet", encoder="none",
+                        extra={"width": 4, "layers": 1})  # fmt: skip
+    torch.manual_seed(0)
+    weights = save_weights(model, tmp_path / "w" / "weights.safetensors")
+    card = model_card(model, str(weights), id="tiny")
+    card.set_self_href(str(tmp_path / "card.json"))
+    card.save_object(include_self_link=False)
+    weights.unlink()
+    with pytest.raises(WeightsNotFoundError, match="'tiny'.*weights.safetensors.*copy the weights") as info:
+        load_model(tmp_path / "card.json")
+    assert isinstance(info.value, FileNotFoundError)

@@ -273,6 +273,17 @@ def add_onnx_artifact(
     return path
 
 
+def _href_exists(href: str) -> bool:
+    """Whether a local path or fsspec URL exists (False when the check itself fails)."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(href)
+        return bool(fs.exists(path))
+    except Exception:  # noqa: BLE001 - unreachable store: treat as missing
+        return False
+
+
 def _onnx_asset(card: Any) -> Any | None:
     for asset in card.assets.values():
         if "mlm:model" in (asset.roles or []) and asset.extra_fields.get("mlm:artifact_type") == ONNX_ARTIFACT_TYPE:
@@ -421,8 +432,11 @@ def resolve_engine(engine: str, card: Any) -> str:
     if engine == "torch":
         return "torch"
     why = None
-    if _onnx_asset(card) is None:
+    asset = _onnx_asset(card)
+    if asset is None:
         why = f"model card {card.id!r} has no ONNX asset (add it with 'staclearn export-onnx')"
+    elif not _href_exists(asset.get_absolute_href() or asset.href):
+        why = f"the ONNX file {asset.get_absolute_href() or asset.href} of model card {card.id!r} is missing"
     elif not onnxruntime_available():
         why = "onnxruntime is not installed (pip install 'staclearn[onnx]')"
     if why is None:

@@ -16,6 +16,7 @@ __all__ = [
     "EmptyDataError",
     "MalformedStacError",
     "RunExistsError",
+    "WeightsNotFoundError",
     "NoItemsFoundError",
     "AssetNotFoundError",
     "BandMismatchError",
@@ -78,6 +79,10 @@ class MalformedStacError(StaclearnError, ValueError):
 
 class RunExistsError(StaclearnError, FileExistsError):
     """The run folder already holds files: a run never writes into it unless told to overwrite."""
+
+
+class WeightsNotFoundError(StaclearnError, FileNotFoundError):
+    """A model card's weights file is not where its asset href points."""
 
 
 class NoItemsFoundError(StaclearnError, LookupError):

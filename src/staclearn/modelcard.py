@@ -20,7 +20,7 @@ from typing import Any
 import pystac
 import torch
 
-from staclearn.errors import ModelCardError
+from staclearn.errors import ModelCardError, StaclearnError, WeightsNotFoundError
 from staclearn.classifier import ClassifierSpec, ObjectClassifier
 from staclearn.models import (
     LANDSAT_ETM_BANDS,
@@ -425,6 +425,7 @@ def load_model(
 
     Raises:
         ModelCardError: the card has no ``mlm:model`` asset or lacks MLM fields.
+        WeightsNotFoundError: the weights file is not at the asset's href.
         UnsafeWeightsError: the weights are not safetensors.
     """
     from staclearn.engines import load_onnx_model, resolve_engine
@@ -440,6 +441,14 @@ def load_model(
         ObjectClassifier(spec) if isinstance(spec, ClassifierSpec) else model_from_spec(spec)
     )
     href = assets[0].get_absolute_href() or assets[0].href
-    load_weights(model, href)
+    try:
+        load_weights(model, href)
+    except FileNotFoundError as err:
+        if isinstance(err, StaclearnError):
+            raise
+        raise WeightsNotFoundError(
+            f"The weights of model card {item.id!r} are not at {href} (asset {next(k for k, a in item.assets.items() if a is assets[0])!r}): "
+            "copy the weights file beside the card, or fix the asset href."
+        ) from err
     model.engine = "torch"  # type: ignore[assignment]
     return model.eval()
