@@ -698,10 +698,13 @@ def test_oscd_run_on_an_unseen_city(oscd_run):
     assert again.spec.bands == tuple(pair_band_names(config.bands))
 
     # published: catalog -> collection -> MLM card + one change-mask Item per TEST city, valid offline
-    assert validate_catalog(result.catalog, SHARED_DIR / "schemas") == 4
+    assert validate_catalog(result.catalog, SHARED_DIR / "schemas") == 5  # + the test city's polygons Item
     cat = pystac.Catalog.from_file(str(result.catalog))
     items = {i.id: i for i in cat.get_items(recursive=True)}
-    assert sorted(items) == ["run-change-bercy", "run-model"]
+    assert sorted(items) == ["run-change-bercy", "run-change-bercy-polygons", "run-model"]
+    polygons = items["run-change-bercy-polygons"]
+    assert [link.get_absolute_href() for link in polygons.links if link.rel == "derived_from"][0].endswith("run-change-bercy.json")
+    assert "onnx" in items["run-model"].assets  # the ONNX artifact beside the safetensors
     card, item = items["run-model"], items["run-change-bercy"]
     assert [i["name"] for i in card.properties["mlm:input"]] == ["t1 (before)", "t2 (after)"]
     assert all(i["bands"] == list(config.bands) for i in card.properties["mlm:input"])

@@ -101,6 +101,7 @@ from staclearn.predict import (
 from staclearn.search import bbox_intersects, item_time_range, open_items
 from staclearn.splits import PART_NAMES, TEST, TRAIN, VALID, part_counts, split_description
 from staclearn.train import EpochRecord, Trainer, class_weights
+from staclearn.vectorize import vectorize_item
 
 __all__ = [
     "CHANGE_CLASSES",
@@ -1883,6 +1884,7 @@ def _publish_run(
     )
     card.properties["staclearn:split"] = dict(record)
     card.properties["staclearn:threshold"] = dict(threshold)
+    _add_onnx(card, model)
     card.add_asset(
         "evaluation",
         pystac.Asset(
@@ -1913,7 +1915,8 @@ def _publish_run(
         item.properties["staclearn:metrics"] = {"test": metrics["test"][city]}
         item.properties["staclearn:split"] = dict(record)
         items[city] = item
-    write_catalog([card, *items.values()], out, id=run_id, description="staclearn change-detection run")
+    polygons = [vectorize_item(item, masks[city], out, name=f"{city}-polygons.parquet") for city, item in items.items()]
+    write_catalog([card, *items.values(), *polygons], out, id=run_id, description="staclearn change-detection run")
     return card, items
 
 
@@ -2048,3 +2051,14 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _add_onnx(card: pystac.Item, model: nn.Module) -> None:
+    """Put the ONNX artifact in the card (second ``mlm:model`` asset); a failed export leaves
+    the safetensors card as it is, with a warning."""
+    from staclearn.engines import add_onnx_artifact
+
+    try:
+        add_onnx_artifact(card, model, required=False)
+    except Exception as err:  # noqa: BLE001 - the card stands without it
+        warnings.warn(f"No ONNX artifact for {card.id!r}: the export failed ({err}).", StaclearnWarning, stacklevel=2)
