@@ -2015,16 +2015,14 @@ def change_mask_item(
 def _plot_precision_recall(curves: Mapping[str, Mapping[str, Mapping[str, Mapping[str, list[float]]]]], threshold: float, path: Path) -> Path:
     """One precision-recall panel per test (then validation) city: the model's curve over
     thresholds, its chosen threshold and 0.5 marked, and CVA's point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a standalone figure: pyplot's backend and state are left alone
 
     panels = [(part, city, d) for part in ("test", "validation") for city, d in curves[part].items()]
     n = max(1, len(panels))
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     for ax, (part, city, d) in zip(axes.ravel(), panels, strict=False):
@@ -2042,7 +2040,6 @@ def _plot_precision_recall(curves: Mapping[str, Mapping[str, Mapping[str, Mappin
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
