@@ -196,7 +196,7 @@ def run_product(scene: dict[str, Any], test_mask: np.ndarray, seed: int, work: P
         valid_fraction=0.2, rf_estimators=500, device="cpu", onnx=False, vectorize=False, **overrides,
     )  # fmt: skip
     result = run_landcover(CATALOG, work / "run", config, progress=False, log=lambda _: None)
-    m, rf = result.metrics["test"]["unet"], result.metrics["test"]["random_forest"]
+    m, rf = result.metrics["test"]["model"], result.metrics["test"]["random_forest"]
     return {
         "oa": m.overall_accuracy, "f1": m.macro_f1, "train_s": result.timings["train"], "n_test": m.n_samples,
         "rf_oa": rf.overall_accuracy, "rf_f1": rf.macro_f1, "rf_s": result.timings.get("random_forest"),

@@ -52,12 +52,12 @@ def test_metrics_json_keeps_test_and_validation_apart(nc_run):
     result, _ = nc_run
     report = json.loads((result.out_dir / "evaluation.json").read_text())
     assert set(report) == {"test", "validation", "split"}
-    unet, rf = report["test"]["models"]["unet"], report["test"]["models"]["random_forest"]
+    unet, rf = report["test"]["models"]["model"], report["test"]["models"]["random_forest"]
     counts = report["split"]["counts"]
     # the test figures are scored on exactly the labelled pixels of the test part
     assert sum(unet["support"].values()) == unet["n_samples"] == rf["n_samples"] == sum(counts["test"].values()) > 300
     assert unet["support"] == counts["test"]
-    assert report["validation"]["models"]["unet"]["support"] == counts["valid"]
+    assert report["validation"]["models"]["model"]["support"] == counts["valid"]
     index = gpd.read_parquet(result.out_dir / "chips" / "chips.parquet")
     assert set(index.split) == {"train", "valid"}  # no chip of the test part
     support = {k: v for k, v in unet["support"].items() if v > 0}

@@ -9,6 +9,7 @@ class-map Item carry the test figures.
 from __future__ import annotations
 
 import json
+import warnings
 
 import geopandas as gpd
 import numpy as np
@@ -203,8 +204,11 @@ def nc_runs(tmp_path_factory):
     runs = {}
     for seed in (0, 1):
         config = LandCoverConfig(epochs=1, members=1, rf_estimators=20, seed=seed, split_seed=5, test_regions=str(regions_path), device="cpu")
-        with pytest.warns(NodataLabelsWarning, match="168 labelled pixels"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             runs[seed] = run_landcover(NC_CATALOG, root / f"seed{seed}", config, progress=False, log=lambda _: None)
+        named = [str(w.message) for w in caught if issubclass(w.category, NodataLabelsWarning)]
+        assert len(named) == 1 and "168 labelled pixels of 'nc-landsat7-labels'" in named[0], named
     return runs, poly, crs
 
 
@@ -228,7 +232,7 @@ def test_test_regions_in_wgs84_are_honoured_and_never_chipped(nc_runs):
     # independent count of the labelled pixels inside the polygon
     with rasterio.open(result.out_dir / "baseline_rf.tif") as src:  # same grid
         assert src.shape == shape
-    assert sum(counts["test"].values()) == result.metrics["test"]["unet"].n_samples > 100
+    assert sum(counts["test"].values()) == result.metrics["test"]["model"].n_samples > 100
     assert result.split["method"].startswith("test: user test regions")
     assert result.split["labels_dropped_on_nodata"] == 168
 
@@ -252,7 +256,7 @@ def test_card_and_class_map_item_carry_test_figures(nc_runs):
     for item in (card, pred):
         m = item.properties["staclearn:metrics"]
         assert set(m) == {"test", "validation"}
-        assert m["test"]["unet"]["overall_accuracy"] == pytest.approx(report["test"]["models"]["unet"]["overall_accuracy"])
+        assert m["test"]["model"]["overall_accuracy"] == pytest.approx(report["test"]["models"]["model"]["overall_accuracy"])
         assert m["test"]["random_forest"]["macro_f1"] == pytest.approx(report["test"]["models"]["random_forest"]["macro_f1"])
         assert item.properties["staclearn:split"]["counts"] == report["split"]["counts"]
     assert card.properties["mlm:hyperparameters"]["split_seed"] == 5

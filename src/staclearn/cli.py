@@ -21,12 +21,23 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-landcover_app = typer.Typer(help="Land-cover pixel classification (U-Net).", no_args_is_help=True)
+landcover_app = typer.Typer(help="Land-cover pixel classification (small FCN ensemble by default, or a U-Net).", no_args_is_help=True)
 app.add_typer(landcover_app, name="landcover")
 damage_app = typer.Typer(help="Building-damage classification of footprints (timm classifier).", no_args_is_help=True)
 app.add_typer(damage_app, name="damage")
-change_app = typer.Typer(help="Change detection on before/after pairs (U-Net, early fusion or siamese).", no_args_is_help=True)
+change_app = typer.Typer(help="Change detection on before/after pairs (early fusion or siamese; threshold chosen on validation cities).", no_args_is_help=True)
 app.add_typer(change_app, name="change")
+
+
+@app.callback()
+def _main() -> None:
+    """STAC-native GeoAI: land cover, building damage and change detection from STAC Items to
+    published STAC Items with MLM model cards."""
+    import logging
+
+    # odc-stac logs every failed chunk read (from its worker threads, even after the read has
+    # failed); the CLI says it once, as a named error naming the Item, asset and href
+    logging.getLogger("odc.loader").setLevel(logging.CRITICAL)
 
 
 def _bbox(value: Optional[str]) -> Optional[list[float]]:
@@ -122,14 +133,15 @@ def landcover_run(
     min_mapping_unit_m2: Annotated[float, typer.Option(help="polygons: regions smaller than this (m2) merge into a neighbour")] = 0.0,
     simplify_m: Annotated[Optional[float], typer.Option(help="polygons: simplification tolerance, metres")] = None,
 ) -> None:
-    """Train a U-Net on STAC imagery + labels, predict the whole scene, evaluate and publish.
+    """Train a land-cover model on STAC imagery + labels, predict the whole scene, evaluate and publish.
 
-    Writes into OUT: class_map.tif (COG, class values, nodata 255), evaluation.json (U-Net
+    Writes into OUT: class_map.tif (COG, class values, nodata 255), evaluation.json (model
     and RandomForest: "test" figures on the test part that no choice saw, "validation"
     figures on the epoch-selection blocks, "split" counts) and evaluation_confusion.png
     (test), history.json,
-    chips/ (GeoTIFF chips + chips.parquet index), model/weights.safetensors and catalog.json
-    with the MLM model-card Item and the class-map Item.
+    chips/ (GeoTIFF chips + chips.parquet index), model/weights.safetensors (+ weights.onnx),
+    polygons.parquet and catalog.json with the MLM model-card Item, the class-map Item and
+    the polygons Item.
     """
     from staclearn.landcover import LandCoverConfig, run_landcover
 

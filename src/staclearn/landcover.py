@@ -175,7 +175,7 @@ class LandCoverResult:
         catalog: path of the output ``catalog.json``.
         model_card: the MLM card Item (saved).
         prediction: the class-map Item (saved).
-        metrics: ``{"test": {"unet": ..., "random_forest": ...}, "validation": {...}}``:
+        metrics: ``{"test": {"model": ..., "random_forest": ...}, "validation": {...}}``:
             test figures on the test part (seen by no choice), validation figures on the
             blocks that chose the epoch (optimistic); ``"test"`` is absent without a test part.
         split: the split description (``staclearn:split`` of the card and the Item).
@@ -472,7 +472,7 @@ def run_landcover(
 
     parts = {"test": TEST, "validation": VALID} if has_test else {"validation": VALID}
     metrics: dict[str, dict[str, ClassificationMetrics]] = {
-        part: {"unet": compute_metrics(reference(code), class_map.values, values.tolist(), names)} for part, code in parts.items()
+        part: {"model": compute_metrics(reference(code), class_map.values, values.tolist(), names)} for part, code in parts.items()
     }
     if config.rf_estimators > 0:
         t3 = time.perf_counter()
