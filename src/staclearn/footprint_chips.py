@@ -550,6 +550,18 @@ def _read_chip(path: Path) -> np.ndarray:
         return src.read()
 
 
+def _open_index(index: Any, root: str | os.PathLike[str] | None, who: str) -> tuple[gpd.GeoDataFrame, Path]:
+    """The chip index and the folder its chip paths are relative to: ``index`` is a
+    ``chips.parquet`` path, its folder, or a GeoDataFrame (then ``root`` is required)."""
+    if isinstance(index, (str, os.PathLike)):
+        path = Path(index) / "chips.parquet" if Path(index).is_dir() else Path(index)
+        root = root or path.parent
+        index = gpd.read_parquet(path)
+    if root is None:
+        raise ConfigError(f"{who} needs root= when given an index GeoDataFrame")
+    return index, Path(root)
+
+
 class FootprintChipDataset(torch.utils.data.Dataset):
     """Footprint chips of one split as ``(image, class index)`` torch samples.
 
@@ -585,13 +597,7 @@ class FootprintChipDataset(torch.utils.data.Dataset):
         classes: Sequence[ClassInfo] | None = None,
         cache: bool = False,
     ) -> None:
-        if isinstance(index, (str, os.PathLike)):
-            path = Path(index) / "chips.parquet" if Path(index).is_dir() else Path(index)
-            root = root or path.parent
-            index = gpd.read_parquet(path)
-        if root is None:
-            raise ConfigError("FootprintChipDataset needs root= when given an index GeoDataFrame")
-        self.root = Path(root)
+        index, self.root = _open_index(index, root, "FootprintChipDataset")
         keep = (index["status"] == STATUS_OK) & index["chip"].notna() & (index["class_value"] >= 0)
         if split is not None:
             keep &= index["split"] == split
@@ -692,13 +698,7 @@ def chip_features(
     Raises:
         ConfigError: an index GeoDataFrame without ``root``.
     """
-    if isinstance(index, (str, os.PathLike)):
-        path = Path(index) / "chips.parquet" if Path(index).is_dir() else Path(index)
-        root = root or path.parent
-        index = gpd.read_parquet(path)
-    if root is None:
-        raise ConfigError("chip_features needs root= when given an index GeoDataFrame")
-    root = Path(root)
+    index, root = _open_index(index, root, "chip_features")
     meta_path = root / "chips.json"
     bands: list[str] | None = json.loads(meta_path.read_text(encoding="utf-8"))["bands"] if meta_path.exists() else None
     rows = np.flatnonzero(index["chip"].notna().to_numpy() & (index["status"] == STATUS_OK).to_numpy())
