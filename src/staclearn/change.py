@@ -73,6 +73,7 @@ from staclearn.errors import (
     SplitError,
     StaclearnWarning,
 )
+from staclearn.engines import add_onnx_artifact
 from staclearn.evaluate import ClassificationMetrics, compute_metrics, summary, write_evaluation
 from staclearn.labels import (
     IGNORE_INDEX,
@@ -1884,7 +1885,7 @@ def _publish_run(
     )
     card.properties["staclearn:split"] = dict(record)
     card.properties["staclearn:threshold"] = dict(threshold)
-    _add_onnx(card, model)
+    add_onnx_artifact(card, model, required=False)
     card.add_asset(
         "evaluation",
         pystac.Asset(
@@ -2049,13 +2050,3 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, path)
 
-
-def _add_onnx(card: pystac.Item, model: nn.Module) -> None:
-    """Put the ONNX artifact in the card (second ``mlm:model`` asset); a failed export leaves
-    the safetensors card as it is, with a warning."""
-    from staclearn.engines import add_onnx_artifact
-
-    try:
-        add_onnx_artifact(card, model, required=False)
-    except Exception as err:  # noqa: BLE001 - the card stands without it
-        warnings.warn(f"No ONNX artifact for {card.id!r}: the export failed ({err}).", StaclearnWarning, stacklevel=2)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +48,8 @@ from staclearn.errors import (
     FootprintsNotFoundError,
     NoItemsFoundError,
     SplitError,
-    StaclearnWarning,
 )
+from staclearn.engines import add_onnx_artifact
 from staclearn.evaluate import ClassificationMetrics, compute_metrics, summary, write_evaluation
 from staclearn.footprint_chips import (
     FootprintChipDataset,
@@ -894,12 +893,7 @@ def _publish(
         + f" ({model.spec.chip_size} x {model.spec.chip_size} px, {model.spec.buffer_m:g} m buffer, resampled).",
     )
     card.properties["staclearn:split"] = dict(record)
-    try:
-        from staclearn.engines import add_onnx_artifact
-
-        add_onnx_artifact(card, model, required=False)
-    except Exception as err:  # noqa: BLE001 - the safetensors card stands without it
-        warnings.warn(f"No ONNX artifact for {card.id!r}: the export failed ({err}).", StaclearnWarning, stacklevel=2)
+    add_onnx_artifact(card, model, required=False)
     card.add_asset(
         "evaluation",
         pystac.Asset(

@@ -211,8 +211,9 @@ def add_onnx_artifact(
         model: the trained model the card describes.
         out_dir: folder for the ONNX file; default the weights' folder (local weights only).
         required: ``False`` skips the export (with a :class:`~staclearn.errors.StaclearnWarning`)
-            when the ``onnx`` package (``staclearn[onnx]``) is not installed, instead of raising;
-            what training workflows pass, so a run without the extra still publishes its card.
+            when the ``onnx`` package (``staclearn[onnx]``) is not installed or the export
+            fails, instead of raising; what training workflows pass, so a run still publishes
+            its card with the safetensors weights.
 
     Returns:
         The ONNX file written, or None when skipped.
@@ -245,7 +246,17 @@ def add_onnx_artifact(
         if "://" in href and not href.startswith("file://"):
             raise ModelCardError(f"The weights of {card.id!r} are remote ({href}); pass out_dir= for the ONNX file.")
         out_dir = Path(href.removeprefix("file://")).parent
-    path = export_onnx(model, Path(out_dir) / name)
+    try:
+        path = export_onnx(model, Path(out_dir) / name)
+    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
+        if required:
+            raise
+        warnings.warn(
+            f"No ONNX artifact for model card {card.id!r}: the export failed ({err}); the card keeps the safetensors weights only.",
+            StaclearnWarning,
+            stacklevel=2,
+        )
+        return None
     data = path.read_bytes()
     relative = not os.path.isabs(weights.href) and "://" not in weights.href and path.parent == Path(href).parent
     onnx_href = str(PurePosixPath(weights.href).with_name(name)) if relative else str(path.resolve())

@@ -30,7 +30,7 @@ import pystac
 
 from staclearn.chips import ChipDataset, band_statistics, block_split, export_chips
 from staclearn.cube import load_cube, read_pixels, valid_mask
-from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError, RunExistsError, StaclearnWarning
+from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError, RunExistsError
 from staclearn.evaluate import ClassificationMetrics, compute_metrics, random_forest_baseline, summary, write_evaluation
 from staclearn.labels import IGNORE_INDEX, indices_to_values, load_label_raster
 from staclearn.modelcard import model_card
@@ -530,10 +530,7 @@ def run_landcover(
     )
     if config.onnx:
         t5 = time.perf_counter()
-        try:
-            add_onnx_artifact(card, model, required=False)
-        except Exception as err:  # noqa: BLE001 - the safetensors card stands without it
-            warnings.warn(f"No ONNX artifact for {card.id!r}: the export failed ({err}); the card keeps the safetensors weights only.", StaclearnWarning, stacklevel=2)
+        add_onnx_artifact(card, model, required=False)
         timings["onnx_export"] = time.perf_counter() - t5
     card.add_asset(
         "evaluation",
