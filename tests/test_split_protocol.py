@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from unittest import mock
 
 import geopandas as gpd
 import numpy as np
@@ -204,10 +205,11 @@ def nc_runs(tmp_path_factory):
     runs = {}
     for seed in (0, 1):
         config = LandCoverConfig(epochs=1, members=1, rf_estimators=20, seed=seed, split_seed=5, test_regions=str(regions_path), device="cpu")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        # record the warn() calls themselves: catch_warnings is process-wide and not thread-safe, so a
+        # thread left by an earlier test that enters its own catch_warnings can swallow the record
+        with mock.patch.object(warnings, "warn", wraps=warnings.warn) as warn:
             runs[seed] = run_landcover(NC_CATALOG, root / f"seed{seed}", config, progress=False, log=lambda _: None)
-        named = [str(w.message) for w in caught if issubclass(w.category, NodataLabelsWarning)]
+        named = [str(c.args[0]) for c in warn.call_args_list if len(c.args) > 1 and c.args[1] is NodataLabelsWarning]
         assert len(named) == 1 and "168 labelled pixels of 'nc-landsat7-labels'" in named[0], named
     return runs, poly, crs
 
