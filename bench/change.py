@@ -1,11 +1,11 @@
 """Benchmark: change detection on real OSCD cities, leave one city out, beside change vector analysis.
 
 For each test city (all eleven of ``catalogs/oscd`` by default) and each training seed,
-:func:`staclearn.change.run_change` trains a change model on the other cities but two,
+:func:`staclearn.workflows.change.run_change` trains a change model on the other cities but two,
 chooses its epoch and its decision threshold on those two validation cities (20 % of the
 non-test cities, drawn with ``--split-seed``, the same for every training seed), and
 evaluates it on the test city beside change vector analysis (threshold fitted on the same
-training cities). The recipe is :class:`staclearn.change.ChangeConfig`'s defaults unless a
+training cities). The recipe is :class:`staclearn.workflows.change.ChangeConfig`'s defaults unless a
 flag says otherwise. The test city is used for nothing but the figures. The pairs are loaded once and
 shared by every run.
 
@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from staclearn.change import ChangeConfig, _group_pairs, change_vector_magnitude, load_pair, run_change
-from staclearn.search import open_items
+from staclearn.workflows.change import ChangeConfig, _group_pairs, change_vector_magnitude, load_pair, run_change
+from staclearn.data.search import open_items
 
 CATALOG = Path(__file__).parents[1] / "catalogs" / "oscd" / "catalog.json"
 CITIES = (

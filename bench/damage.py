@@ -1,13 +1,13 @@
 """Benchmark: building-damage classification on the 33 real xBD Santa Rosa tiles, k-fold by whole tiles.
 
 Cross-validation: the tiles are cut into ``--folds`` groups of whole tiles
-(:func:`staclearn.damage.tile_folds`, stratified so each fold holds destroyed and intact
+(:func:`staclearn.workflows.damage.tile_folds`, stratified so each fold holds destroyed and intact
 buildings). For each fold and each training ``--seeds`` value, the fold is the test part
 (``DamageConfig.test_tiles``), validation tiles are drawn from the other tiles
 (``split_seed``, fixed, so the seeds vary the training only) and pick the epoch / stop early,
 and the product's default model is trained through the public API (:func:`run_damage`). In
 the same run, on exactly the same training buildings, the non-deep baseline
-(:data:`staclearn.damage.BASELINE_NAME`: gradient boosting on per-building colour
+(:data:`staclearn.workflows.damage.BASELINE_NAME`: gradient boosting on per-building colour
 statistics) is fitted and scored on the same test buildings.
 
 Printed per fold x seed: precision, recall and F1 of the positive class (``destroyed`` with
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from staclearn.damage import BASELINE_NAME, DamageConfig, run_damage, tile_folds
-from staclearn.footprints import assign_classes, get_class_map, read_footprints, read_xbd_labels
+from staclearn.workflows.damage import BASELINE_NAME, DamageConfig, run_damage, tile_folds
+from staclearn.data.footprints import assign_classes, get_class_map, read_footprints, read_xbd_labels
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data" / "damage" / "xbd_santarosa"
 DEFAULT = DamageConfig()

@@ -10,7 +10,7 @@ samples the GPU's utilisation every 200 ms (NVML through ``pynvml`` when that is
 
 * ``forward-<dtype>``: the bare forward pass on device-resident random tiles (``--tile``,
   ``--batch``), under ``torch.autocast`` in float16 and bfloat16 (and float32): the limit.
-* ``predict_to_cog-<dtype>``: :func:`staclearn.predict.predict_to_cog` on the in-memory cube
+* ``predict_to_cog-<dtype>``: :func:`staclearn.inference.raster.predict_to_cog` on the in-memory cube
   with ``device="cuda"``: batches are built in pinned host memory by a prefetch thread and
   copied with ``non_blocking=True`` while the previous batch runs; autocast float16
   (``mixed_precision=True``) or float32.
@@ -110,8 +110,8 @@ class Utilisation:
 def build_model():
     import torch
 
-    from staclearn.labels import ClassInfo
-    from staclearn.models import build_model as build
+    from staclearn.data.labels import ClassInfo
+    from staclearn.models.segmentation import build_model as build
 
     torch.manual_seed(0)
     return build(BANDS, [ClassInfo(i, f"class{i}") for i in range(7)], mean=[114.75] * 4, std=[63.75] * 4,
@@ -162,7 +162,7 @@ def bench_forward(model, args) -> list[dict]:
 
 
 def bench_predict(model, cube, args) -> list[dict]:
-    from staclearn.predict import predict_to_cog
+    from staclearn.inference.raster import predict_to_cog
 
     out = []
     px = cube.sizes["y"] * cube.sizes["x"]
@@ -183,8 +183,8 @@ def bench_onnx(model, cube, args) -> list[dict]:
         return [{"step": "onnx-cuda", "skipped": "onnxruntime is not installed"}]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return [{"step": "onnx-cuda", "skipped": f"no CUDAExecutionProvider in {ort.get_available_providers()} (pip install onnxruntime-gpu)"}]
-    from staclearn.engines import OnnxModel, export_onnx
-    from staclearn.predict import predict_to_cog
+    from staclearn.inference.engines import OnnxModel, export_onnx
+    from staclearn.inference.raster import predict_to_cog
 
     with tempfile.TemporaryDirectory() as tmp:
         data = export_onnx(model, Path(tmp) / "m.onnx").read_bytes()

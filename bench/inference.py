@@ -6,11 +6,11 @@ every 0.1 s with psutil, so Dask workers count):
 
 * ``forward``   - the bare model forward pass on random tiles of the same size and batch:
   the limit on this machine. Reported as the Mpx/s the tiles of the measured area would give.
-* ``staclearn`` - :func:`staclearn.predict.predict_to_cog` on the raster read lazily
+* ``staclearn`` - :func:`staclearn.inference.raster.predict_to_cog` on the raster read lazily
   (rioxarray, dask chunks): read -> normalise -> forward -> stitch (linear blend) -> class-map COG.
 * ``naive``     - a plain rasterio window loop: same model, tiles, padding, batch; argmax of
   each tile's core into a full-size in-memory array, written as a GeoTIFF at the end.
-* ``dask1`` / ``dask2`` - :func:`staclearn.distributed.predict_dask` on a LocalCluster of 1 / 2
+* ``dask1`` / ``dask2`` - :func:`staclearn.inference.dask.predict_dask` on a LocalCluster of 1 / 2
   single-threaded worker processes (torch 1 thread each), blocks streamed to a GeoTIFF on the
   client, then a COG. Cluster start-up and the first model load are timed apart.
 * ``terratorch`` - TerraTorch's ``tiled_inference``, if ``terratorch`` is importable.
@@ -75,8 +75,8 @@ def make_raster(size: int) -> Path:
 def build(encoder: str, classes: int):
     import torch
 
-    from staclearn.labels import ClassInfo
-    from staclearn.models import build_model
+    from staclearn.data.labels import ClassInfo
+    from staclearn.models.segmentation import build_model
 
     torch.manual_seed(0)
     cls = [ClassInfo(i, f"class{i}") for i in range(classes)]
@@ -94,7 +94,7 @@ def open_cube(path: Path, rows: int | None, chunk: int):
 
 
 def grid_for(args, h: int, w: int):
-    from staclearn.predict import _Grid
+    from staclearn.inference.raster import _Grid
 
     return _Grid.make(h, w, args.tile_size, args.padding, 32, "linear")
 
@@ -105,7 +105,7 @@ def grid_for(args, h: int, w: int):
 def run_forward(args, path: Path, h: int, w: int) -> dict:
     import torch
 
-    from staclearn.train import resolve_device
+    from staclearn.training.device import resolve_device
 
     dev = resolve_device(args.device)
     model = build(args.encoder, args.classes).to(dev)
@@ -128,7 +128,7 @@ def run_forward(args, path: Path, h: int, w: int) -> dict:
 
 
 def run_staclearn(args, path: Path, h: int, w: int) -> dict:
-    from staclearn.predict import predict_to_cog
+    from staclearn.inference.raster import predict_to_cog
 
     model = build(args.encoder, args.classes)
     cube = open_cube(path, args.rows, args.chunk)
@@ -145,7 +145,7 @@ def run_naive(args, path: Path, h: int, w: int) -> dict:
     import torch
     from rasterio.windows import Window
 
-    from staclearn.train import resolve_device
+    from staclearn.training.device import resolve_device
 
     dev = resolve_device(args.device)
     model = build(args.encoder, args.classes).to(dev)
@@ -177,9 +177,9 @@ def run_dask(args, path: Path, h: int, w: int, workers: int) -> dict:
     import rasterio
     from rasterio.windows import Window
 
-    from staclearn.distributed import predict_dask
-    from staclearn.models import save_weights
-    from staclearn.predict import _to_cog
+    from staclearn.inference.dask import predict_dask
+    from staclearn.models.segmentation import save_weights
+    from staclearn.inference.raster import _to_cog
 
     model = build(args.encoder, args.classes)
     weights = save_weights(model, OUT / f"{args.encoder}.safetensors")
@@ -190,7 +190,7 @@ def run_dask(args, path: Path, h: int, w: int, workers: int) -> dict:
     with distributed.LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0
     ) as cluster, distributed.Client(cluster) as client:
-        client.run(lambda: __import__("staclearn.distributed"))
+        client.run(lambda: __import__("staclearn.inference.dask"))
         startup = time.perf_counter() - t_start
         t0 = time.perf_counter()
         lazy = predict_dask(weights, model.spec, cube, tile_size=args.tile_size, padding=args.padding,
@@ -226,7 +226,7 @@ def run_terratorch(args, path: Path, h: int, w: int) -> dict:
                 "torchgeo<0.10, torchvision and more, which were not installed to keep torch unchanged"}
     import torch
 
-    from staclearn.train import resolve_device
+    from staclearn.training.device import resolve_device
 
     dev = resolve_device(args.device)
     model = build(args.encoder, args.classes).to(dev)

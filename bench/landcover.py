@@ -5,7 +5,7 @@ checkerboard parity of a blocking is one fold's TEST part (used for nothing but 
 other half trains. Inside it, whole 32 px blocks holding about 20 % of its labels are the
 validation part (epoch selection), drawn with ``split_seed`` (default: the run's seed, so the
 seed spread includes the validation draw; ``--split-seed N`` fixes it). Every step is the
-product's (``staclearn.landcover.run_landcover``): ``open_items`` -> ``load_cube`` ->
+product's (``staclearn.workflows.landcover.run_landcover``): ``open_items`` -> ``load_cube`` ->
 ``load_label_raster`` -> ``block_split(test_mask=...)`` -> ``export_chips`` (test imagery
 masked out of every chip) -> ``band_statistics`` of the training chips -> ``build_model`` ->
 ``Trainer.fit`` (best validation mIoU kept) -> ``predict_class_map`` on the whole cube ->
@@ -105,10 +105,10 @@ def checkerboard(shape: tuple[int, int], block: int, parity: int) -> np.ndarray:
 
 def load_scene() -> dict[str, Any]:
     """The NC scene through the library, as ``run_landcover`` loads it."""
-    from staclearn.cube import load_cube, valid_mask
-    from staclearn.labels import IGNORE_INDEX, load_label_raster
-    from staclearn.landcover import split_label_items
-    from staclearn.search import open_items
+    from staclearn.data.cube import load_cube, valid_mask
+    from staclearn.data.labels import IGNORE_INDEX, load_label_raster
+    from staclearn.workflows.landcover import split_label_items
+    from staclearn.data.search import open_items
 
     imagery, label_items = split_label_items(open_items(CATALOG))
     cube = load_cube(imagery, bands=BANDS, engine="odc")
@@ -121,7 +121,7 @@ def load_scene() -> dict[str, Any]:
 
 
 def _in_memory(index_path: Path, split: str, fill: np.ndarray) -> TensorDataset:
-    from staclearn.chips import ChipDataset
+    from staclearn.chips.pixel import ChipDataset
 
     ds = ChipDataset(index_path, split, fill=fill)
     if len(ds) == 0:
@@ -135,13 +135,14 @@ def run_one(
     split_seed: int | None = None,
 ) -> dict[str, Any]:
     """One fold x seed: the product's steps with the recipe's model and training settings."""
-    from staclearn.chips import band_statistics, block_split, export_chips
-    from staclearn.evaluate import compute_metrics, random_forest_baseline
-    from staclearn.labels import IGNORE_INDEX, indices_to_values
-    from staclearn.models import build_model
-    from staclearn.predict import CLASS_MAP_NODATA, predict_class_map
-    from staclearn.splits import TEST, TRAIN
-    from staclearn.train import train_ensemble
+    from staclearn.chips.pixel import band_statistics, block_split, export_chips
+    from staclearn.evaluation.metrics import compute_metrics
+    from staclearn.evaluation.baselines import random_forest_baseline
+    from staclearn.data.labels import IGNORE_INDEX, indices_to_values
+    from staclearn.models.segmentation import build_model
+    from staclearn.inference.raster import CLASS_MAP_NODATA, predict_class_map
+    from staclearn.data.splits import TEST, TRAIN
+    from staclearn.training.trainer import train_ensemble
 
     image, labels, ok, classes, cube = scene["image"], scene["labels"], scene["ok"], scene["classes"], scene["cube"]
     names = [c.name for c in classes]
@@ -189,7 +190,7 @@ def run_one(
 def run_product(scene: dict[str, Any], test_mask: np.ndarray, seed: int, work: Path, *, split_seed: int | None = None, **overrides: Any) -> dict[str, Any]:
     """One fold x seed through ``run_landcover`` itself with its defaults: the checkerboard
     half as the user's test regions (a mask on the label grid), validation blocks of 32 px."""
-    from staclearn.landcover import LandCoverConfig, run_landcover
+    from staclearn.workflows.landcover import LandCoverConfig, run_landcover
 
     config = LandCoverConfig(
         test_regions=test_mask, split_seed=seed if split_seed is None else split_seed, seed=seed, block_size=32,
@@ -205,7 +206,7 @@ def run_product(scene: dict[str, Any], test_mask: np.ndarray, seed: int, work: P
 
 
 def _trainer_kwargs(num_classes: int, recipe: dict[str, Any]) -> dict[str, Any]:
-    from staclearn.augment import Augmentation, RadiometricJitter
+    from staclearn.chips.augment import Augmentation, RadiometricJitter
 
     augment = recipe["augment"]
     if recipe.get("jitter"):

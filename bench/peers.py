@@ -16,7 +16,7 @@ threads, a uint8 class map written to disk. Every method runs in its own process
   dict of ``common.build_model()`` loaded into staclearn's ``SegmentationModel``, whose z-score
   ``mean=114.75, std=63.75`` is the peers' normalisation) are saved once, untimed, as a model
   card with its ONNX artifact (what training writes); the timed part is
-  ``modelcard.load_model(card, engine=...)`` + :func:`staclearn.predict.predict_to_cog` on the
+  ``modelcard.load_model(card, engine=...)`` + :func:`staclearn.inference.raster.predict_to_cog` on the
   lazily opened raster with staclearn's defaults (``tile_size="auto"``, linear blend) and the
   case's context (``padding=64``) and batch (4). Before the run the process times the bare
   forward of the engine it uses on the tile shape it chose ("fraction of bare forward" =
@@ -132,10 +132,10 @@ def make_card(work: Path) -> Path:
     sys.path.insert(0, str(work))
     import common  # the peers' module: build_model() with the seeded weights
 
-    from staclearn.engines import add_onnx_artifact
-    from staclearn.labels import ClassInfo
-    from staclearn.modelcard import model_card
-    from staclearn.models import build_model, save_weights
+    from staclearn.inference.engines import add_onnx_artifact
+    from staclearn.data.labels import ClassInfo
+    from staclearn.stac.modelcard import model_card
+    from staclearn.models.segmentation import build_model, save_weights
 
     ref = common.build_model()
     model = build_model(
@@ -162,8 +162,8 @@ def worker(args: argparse.Namespace) -> None:
     import odc.geo.xr  # noqa: F401  (the .odc accessor)
     import rioxarray
 
-    from staclearn.modelcard import load_model
-    from staclearn.predict import DEFAULT_MEMORY_BUDGET_MB, _bytes_per_px, _Grid, auto_tile_size, predict_to_cog
+    from staclearn.stac.modelcard import load_model
+    from staclearn.inference.raster import DEFAULT_MEMORY_BUDGET_MB, _bytes_per_px, _Grid, auto_tile_size, predict_to_cog
 
     engine = args.worker.split("-")[1]
     budget = BUDGET_1G if args.worker.endswith("-1g") else DEFAULT_MEMORY_BUDGET_MB

@@ -1,11 +1,11 @@
 """Pytest fixture: a published staclearn run on the real NC Landsat-7 scene.
 
 ``nc_run`` loads the committed catalog ``catalogs/nc-landsat`` (the scene lies in
-``../shared/data``), builds a small seeded :class:`~staclearn.models.PixelConvNet`
+``../shared/data``), builds a small seeded :class:`~staclearn.models.segmentation.PixelConvNet`
 (3 layers of 3x3 convolutions: a receptive field of 7 px, so tiles with 3 px of overlap or
 more predict exactly what the whole scene predicts), writes its class map and probabilities
-with :func:`~staclearn.predict.predict_to_cog` and publishes card + class-map Item with
-:func:`~staclearn.publish.write_catalog`. Untrained weights: these tests are about the
+with :func:`~staclearn.inference.raster.predict_to_cog` and publishes card + class-map Item with
+:func:`~staclearn.stac.items.write_catalog`. Untrained weights: these tests are about the
 engines around the model, not its accuracy. Shared by the tests of one session (the
 tests must not modify it; copy it first).
 
@@ -46,8 +46,8 @@ class NcRun:
 
 
 def nc_source_item() -> pystac.Item:
-    from staclearn.landcover import split_label_items
-    from staclearn.search import open_items
+    from staclearn.workflows.landcover import split_label_items
+    from staclearn.data.search import open_items
 
     imagery, _ = split_label_items(open_items(str(NC_CATALOG)))
     return imagery[0]
@@ -60,12 +60,12 @@ def nc_run(tmp_path_factory: pytest.TempPathFactory) -> NcRun:
     import rasterio
     import torch
 
-    from staclearn.cube import load_cube
-    from staclearn.labels import ClassInfo
-    from staclearn.modelcard import model_card
-    from staclearn.models import build_model, save_weights
-    from staclearn.predict import predict_to_cog
-    from staclearn.publish import class_map_item, write_catalog
+    from staclearn.data.cube import load_cube
+    from staclearn.data.labels import ClassInfo
+    from staclearn.stac.modelcard import model_card
+    from staclearn.models.segmentation import build_model, save_weights
+    from staclearn.inference.raster import predict_to_cog
+    from staclearn.stac.items import class_map_item, write_catalog
 
     source = nc_source_item()
     cube = load_cube([source], bands=BANDS)

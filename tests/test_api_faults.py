@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from staclearn.errors import CatalogNotFoundError, StacApiError
-from staclearn.search import open_items
+from staclearn.data.search import open_items
 
 ITEM = {
     "type": "Feature",

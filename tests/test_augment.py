@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from staclearn.augment import Augmentation
-from staclearn.labels import IGNORE_INDEX
+from staclearn.chips.augment import Augmentation
+from staclearn.data.labels import IGNORE_INDEX
 
 
 def test_augmentation_moves_image_and_mask_together():
@@ -36,10 +36,15 @@ def test_augmentation_is_seedable():
     torch.manual_seed(3)
     b = Augmentation()(image, mask)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # and it did something: a no-op Augmentation would pass the line above too
+    assert not torch.equal(a[0], image) and not torch.equal(a[1], mask)
+    torch.manual_seed(4)
+    c = Augmentation()(image, mask)
+    assert not torch.equal(c[0], a[0])  # another seed, another draw
 
 
 def test_images_only_and_radiometric_jitter():
-    from staclearn.augment import RadiometricJitter
+    from staclearn.chips.augment import RadiometricJitter
 
     torch.manual_seed(0)
     x = 50 + 100 * torch.rand(16, 3, 8, 8)

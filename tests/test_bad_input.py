@@ -45,7 +45,7 @@ def _image_path(shared: Path) -> Path:
 
 
 def test_truncated_cog_names_item_asset_and_href(tmp_path, nc_catalog, shared_dir):
-    from staclearn.landcover import LandCoverConfig, run_landcover
+    from staclearn.workflows.landcover import LandCoverConfig, run_landcover
 
     data = _image_path(shared_dir).read_bytes()
     bad = tmp_path / "truncated.tif"
@@ -83,7 +83,7 @@ class _Refuser(BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("status, words", [(404, "HTTP 404"), (403, "HTTP 403")])
 def test_asset_behind_404_or_403_is_named(tmp_path, nc_catalog, status, words):
-    from staclearn.landcover import LandCoverConfig, run_landcover
+    from staclearn.workflows.landcover import LandCoverConfig, run_landcover
 
     handler = type("H", (_Refuser,), {"status": status})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -102,7 +102,7 @@ def test_asset_behind_404_or_403_is_named(tmp_path, nc_catalog, status, words):
 
 
 def test_all_nodata_imagery_and_labels_off_the_imagery(tmp_path, nc_catalog, shared_dir):
-    from staclearn.landcover import LandCoverConfig, run_landcover
+    from staclearn.workflows.landcover import LandCoverConfig, run_landcover
 
     with rasterio.open(_image_path(shared_dir)) as src:
         profile, data = src.profile, src.read()
@@ -131,7 +131,7 @@ def test_malformed_item_json_is_named(tmp_path, damage):
     from conftest import NC_CATALOG
 
     from staclearn.errors import MalformedStacError
-    from staclearn.search import open_items
+    from staclearn.data.search import open_items
 
     dst = tmp_path / "nc"
     shutil.copytree(NC_CATALOG.parent, dst)
@@ -151,7 +151,7 @@ def test_malformed_item_json_is_named(tmp_path, damage):
 
 def test_run_never_clobbers_and_a_failed_run_leaves_no_folder(tmp_path, nc_catalog, shared_dir):
     from staclearn.errors import RunExistsError
-    from staclearn.landcover import LandCoverConfig, run_landcover
+    from staclearn.workflows.landcover import LandCoverConfig, run_landcover
 
     out = tmp_path / "earlier"
     out.mkdir()
@@ -178,9 +178,9 @@ def test_card_whose_weights_are_gone_is_a_named_error(tmp_path):
     import torch
 
     from staclearn.errors import WeightsNotFoundError
-    from staclearn.labels import ClassInfo
-    from staclearn.modelcard import load_model, model_card
-    from staclearn.models import build_model, save_weights
+    from staclearn.data.labels import ClassInfo
+    from staclearn.stac.modelcard import load_model, model_card
+    from staclearn.models.segmentation import build_model, save_weights
 
     classes = [ClassInfo(1, "a"), ClassInfo(2, "b")]
     model = build_model(["r", "g"], classes, mean=[0, 0], std=[1, 1], architecture="PixelConvNet", encoder="none",

@@ -22,8 +22,8 @@ from conftest import REPO, SHARED_DIR, make_item
 from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
 
-from staclearn.augment import Augmentation
-from staclearn.change import (
+from staclearn.chips.augment import Augmentation
+from staclearn.workflows.change import (
     CHANGE_CLASSES,
     ChangeConfig,
     CitySplit,
@@ -44,8 +44,8 @@ from staclearn.change import (
     split_cities,
     stack_pair,
 )
-from staclearn.change import change_mask_item
-from staclearn.chips import ChipDataset, band_statistics
+from staclearn.workflows.change import change_mask_item
+from staclearn.chips.pixel import ChipDataset, band_statistics
 from staclearn.errors import (
     BandMismatchError,
     ConfigError,
@@ -57,12 +57,12 @@ from staclearn.errors import (
     SplitError,
     StaclearnWarning,
 )
-from staclearn.modelcard import load_model, model_card, spec_from_card
-from staclearn.validate import validate, validate_catalog
-from staclearn.evaluate import compute_metrics
-from staclearn.models import ModelSpec, SegmentationModel, save_weights
-from staclearn.search import open_items
-from staclearn.train import Trainer
+from staclearn.stac.modelcard import load_model, model_card, spec_from_card
+from staclearn.stac.validate import validate, validate_catalog
+from staclearn.evaluation.metrics import compute_metrics
+from staclearn.models.segmentation import ModelSpec, SegmentationModel, save_weights
+from staclearn.data.search import open_items
+from staclearn.training.trainer import Trainer
 
 CRS = "EPSG:32631"
 SIZE = 64
@@ -506,7 +506,7 @@ def test_levir_png_pair_loads_without_georeference_trains_and_predicts(tmp_path)
 @pytest.fixture(scope="module")
 def oscd_groups():
     """``{city: PairItems}`` of the committed OSCD catalog (its JSON only: no pixels are read)."""
-    from staclearn.change import _group_pairs
+    from staclearn.workflows.change import _group_pairs
 
     return _group_pairs(open_items(OSCD_CATALOG), "staclearn:city")
 
@@ -842,7 +842,7 @@ def tiny_run(tmp_path_factory):
     items = _city_catalog(tmp, 5)
     config = ChangeConfig(test_cities=("city0",), valid_cities=("city1", "city2"), **TINY)
     seen: list[list[np.ndarray]] = []
-    import staclearn.change as change_module
+    import staclearn.workflows.change as change_module
 
     real = change_module.fit_change_threshold
 

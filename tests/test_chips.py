@@ -8,9 +8,9 @@ import rasterio
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from staclearn.chips import VALID, ChipDataset, band_statistics, block_split, chip_windows, export_chips
+from staclearn.chips.pixel import VALID, ChipDataset, band_statistics, block_split, chip_windows, export_chips
 from staclearn.errors import ConfigError, LabelError
-from staclearn.labels import IGNORE_INDEX
+from staclearn.data.labels import IGNORE_INDEX
 
 
 @pytest.mark.parametrize("shape,tile,stride", [((443, 489), 64, 32), ((100, 37), 64, 64), ((128, 128), 32, 20)])

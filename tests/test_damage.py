@@ -22,14 +22,14 @@ from pyproj import Transformer
 from shapely.geometry import Polygon, box
 from torch.utils.data import Dataset
 
-from staclearn.classifier import ClassifierSpec, ObjectClassifier, build_classifier
-from staclearn.classify import (
+from staclearn.models.classifier import ClassifierSpec, ObjectClassifier, build_classifier
+from staclearn.training.objects import (
     ClassifierTrainer,
     classify_objects,
     inverse_frequency_weights,
     probability_column,
 )
-from staclearn.damage import BASELINE_NAME, DamageConfig, find_xbd_tiles, run_damage, split_tiles, tile_folds
+from staclearn.workflows.damage import BASELINE_NAME, DamageConfig, find_xbd_tiles, run_damage, split_tiles, tile_folds
 from staclearn.errors import (
     BandMismatchError,
     ConfigError,
@@ -37,22 +37,22 @@ from staclearn.errors import (
     ImageryNotFoundError,
     SplitError,
 )
-from staclearn.evaluate import compute_metrics
-from staclearn.footprint_chips import (
+from staclearn.evaluation.metrics import compute_metrics
+from staclearn.chips.objects import (
     FootprintChipDataset,
     FootprintChipReader,
     chip_band_statistics,
     chip_geobox,
     export_footprint_chips,
 )
-from staclearn.footprints import (
+from staclearn.data.footprints import (
     XBD_BINARY,
     assign_classes,
     read_footprints,
     read_xbd_labels,
 )
-from staclearn.labels import ClassInfo
-from staclearn.models import load_weights, save_weights
+from staclearn.data.labels import ClassInfo
+from staclearn.models.segmentation import load_weights, save_weights
 
 XBD = Path("data") / "damage" / "xbd_santarosa"
 JOPLIN = Path("data") / "damage" / "joplin_unlabeled"

@@ -11,8 +11,8 @@ import pystac
 import pytest
 
 from conftest import REPO, SHARED_DIR
-from staclearn.damage import DamageConfig, run_damage, tiles_from_catalog
-from staclearn.validate import validate, validate_catalog
+from staclearn.workflows.damage import DamageConfig, run_damage, tiles_from_catalog
+from staclearn.stac.validate import validate, validate_catalog
 
 XBD_CATALOG = REPO / "catalogs" / "xbd-santarosa" / "catalog.json"
 pytestmark = pytest.mark.realdata

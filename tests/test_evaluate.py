@@ -1,4 +1,4 @@
-"""Tests for staclearn.evaluate on hand-computed matrices and a seeded synthetic raster."""
+"""Tests for staclearn.evaluation.metrics on hand-computed matrices and a seeded synthetic raster."""
 
 from __future__ import annotations
 
@@ -11,12 +11,9 @@ from matplotlib.image import imread
 from sklearn.metrics import cohen_kappa_score
 
 from staclearn.errors import ConfigError, LabelError
-from staclearn.evaluate import (
-    ClassificationMetrics,
-    compute_metrics,
-    random_forest_baseline,
-    write_report,
-)
+from staclearn.evaluation.metrics import ClassificationMetrics, compute_metrics
+from staclearn.evaluation.baselines import random_forest_baseline
+from staclearn.evaluation.reports import write_report
 
 # Hand-made 3-class case, classes (1, 2, 5) named water/tree/built; rows = reference.
 #

@@ -23,7 +23,7 @@ from staclearn.errors import (
     LabelError,
     StaclearnError,
 )
-from staclearn.footprints import (
+from staclearn.data.footprints import (
     XBD_BINARY,
     XBD_DESTROYED,
     XBD_FOUR,
@@ -33,7 +33,7 @@ from staclearn.footprints import (
     read_footprints,
     read_xbd_labels,
 )
-from staclearn.labels import ClassInfo
+from staclearn.data.labels import ClassInfo
 
 XBD = Path("data") / "damage" / "xbd_santarosa"
 #: the first 6 of the 33 tiles (883 buildings); the counts below are theirs

@@ -16,8 +16,8 @@ import pystac
 import pytest
 import rasterio
 
-from staclearn.landcover import LandCoverConfig, run_landcover
-from staclearn.validate import validate, validate_catalog
+from staclearn.workflows.landcover import LandCoverConfig, run_landcover
+from staclearn.stac.validate import validate, validate_catalog
 
 pytestmark = pytest.mark.realdata
 
@@ -160,7 +160,7 @@ def test_predict_from_the_model_card_alone(nc_run, tmp_path):
 
 def test_pickle_weights_in_a_card_are_refused(nc_run, tmp_path):
     from staclearn.errors import UnsafeWeightsError
-    from staclearn.modelcard import load_model
+    from staclearn.stac.modelcard import load_model
 
     result, _ = nc_run
     card = json.loads((result.out_dir / "nc" / "nc-model" / "nc-model.json").read_text())

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from staclearn.errors import ConfigError
-from staclearn.labels import IGNORE_INDEX, ClassInfo
-from staclearn.models import (
+from staclearn.data.labels import IGNORE_INDEX, ClassInfo
+from staclearn.models.segmentation import (
     PixelConvNet,
     SegmentationEnsemble,
     SegmentationModel,
@@ -23,7 +23,7 @@ from staclearn.models import (
     save_weights,
     spectral_index_statistics,
 )
-from staclearn.train import Trainer
+from staclearn.training.trainer import Trainer
 
 SCHEMAS = Path(__file__).parents[2] / "shared" / "schemas"
 BANDS = ["b1", "b2", "b3", "b4", "b5"]
@@ -111,7 +111,7 @@ def test_unet_with_indices():
 
 @pytest.mark.parametrize("members", [1, 2])
 def test_card_round_trip_rebuilds_identical_model(tmp_path, members):
-    from staclearn.modelcard import load_model, model_card, spec_from_card
+    from staclearn.stac.modelcard import load_model, model_card, spec_from_card
 
     models = [_fcn(s, index_mean=[0.1, -0.2, -0.1, 0.2], index_std=[0.2, 0.3, 0.25, 0.1]) for s in range(members)]
     # a few training steps so BatchNorm statistics and weights are not the initial ones
@@ -133,7 +133,7 @@ def test_card_round_trip_rebuilds_identical_model(tmp_path, members):
     assert ("ensemble of 2 x " if members > 1 else "") + "PixelConvNet (2 x 3x3 conv, 8 channels)" in props["description"]
     assert "ndvi" in props["mlm:input"][0]["description"]
     if SCHEMAS.is_dir():
-        from staclearn.validate import validate
+        from staclearn.stac.validate import validate
 
         report = validate(json.loads((tmp_path / "card.json").read_text()), SCHEMAS)
         assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in report.validated
@@ -144,7 +144,7 @@ def test_card_round_trip_rebuilds_identical_model(tmp_path, members):
 
 
 def test_class_weight_options():
-    from staclearn.train import class_weights
+    from staclearn.training.trainer import class_weights
 
     y = torch.tensor([[0] * 6 + [1] * 3 + [2] * 1])
     ds = TensorDataset(torch.zeros(1, 1, 1, 10), y.view(1, 1, 10))
@@ -169,7 +169,7 @@ def test_sqrt_weights_and_label_smoothing_reach_the_loss():
 
 
 def test_augmentation_with_radiometric_jitter_keeps_the_mask():
-    from staclearn.augment import Augmentation, RadiometricJitter
+    from staclearn.chips.augment import Augmentation, RadiometricJitter
 
     torch.manual_seed(0)
     x = torch.rand(4, 5, 16, 16) * 100 + 10
@@ -185,7 +185,7 @@ def test_augmentation_with_radiometric_jitter_keeps_the_mask():
 
 
 def test_train_ensemble_and_index_statistics_from_pixels():
-    from staclearn.train import train_ensemble
+    from staclearn.training.trainer import train_ensemble
 
     x = _raster(2)
     model = build_model(

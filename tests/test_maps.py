@@ -15,15 +15,15 @@ import pytest
 import rasterio
 import torch
 
-from staclearn.cube import load_cube
+from staclearn.data.cube import load_cube
 from staclearn.errors import AssetNotFoundError, MissingDependencyError
-from staclearn.labels import classes_from_item
-from staclearn.maps import class_colors, interactive_map, plot_prediction, prediction_layers
-from staclearn.modelcard import model_card
-from staclearn.models import build_model, save_weights
-from staclearn.predict import predict_class_map
-from staclearn.publish import class_map_item
-from staclearn.search import open_items
+from staclearn.data.labels import classes_from_item
+from staclearn.viz.maps import class_colors, interactive_map, plot_prediction, prediction_layers
+from staclearn.stac.modelcard import model_card
+from staclearn.models.segmentation import build_model, save_weights
+from staclearn.inference.raster import predict_class_map
+from staclearn.stac.items import class_map_item
+from staclearn.data.search import open_items
 
 pytestmark = pytest.mark.realdata
 

@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from staclearn.errors import UnsafeWeightsError
-from staclearn.labels import IGNORE_INDEX, ClassInfo
-from staclearn.models import build_model, load_weights, save_weights
-from staclearn.train import Trainer, class_weights
+from staclearn.data.labels import IGNORE_INDEX, ClassInfo
+from staclearn.models.segmentation import build_model, load_weights, save_weights
+from staclearn.training.trainer import Trainer, class_weights
 
 CLASSES = [ClassInfo(1, "dark"), ClassInfo(2, "bright")]
 

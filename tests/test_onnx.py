@@ -1,4 +1,4 @@
-"""ONNX artifact in the model card, engine choice and tile_size="auto" (staclearn.engines, staclearn.predict)."""
+"""ONNX artifact in the model card, engine choice and tile_size="auto" (staclearn.inference.engines, staclearn.inference.raster)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from staclearn.engines import ONNX_ASSET, OnnxModel, add_onnx_artifact, export_onnx, load_onnx_model
+from staclearn.inference.engines import ONNX_ASSET, OnnxModel, add_onnx_artifact, export_onnx, load_onnx_model
 from staclearn.errors import ModelCardError, StaclearnWarning, UnsafeWeightsError
-from staclearn.labels import ClassInfo
-from staclearn.modelcard import load_model, model_card, read_card
-from staclearn.models import build_model, save_weights
-from staclearn.predict import _Grid, _POP_PX, auto_tile_size, predict_class_map, predict_to_cog
+from staclearn.data.labels import ClassInfo
+from staclearn.stac.modelcard import load_model, model_card, read_card
+from staclearn.models.segmentation import build_model, save_weights
+from staclearn.inference.raster import _Grid, _POP_PX, auto_tile_size, predict_class_map, predict_to_cog
 
 pytest.importorskip("onnxruntime")
 
@@ -39,9 +39,9 @@ def _card(tmp: Path, model: torch.nn.Module, *, tile_size: int = 256) -> Path:
 @pytest.fixture(scope="module")
 def nc(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     """The NC Landsat scene as a cube + a seeded random-weights U-Net card with its ONNX artifact."""
-    from staclearn.cube import load_cube
-    from staclearn.landcover import split_label_items
-    from staclearn.search import open_items
+    from staclearn.data.cube import load_cube
+    from staclearn.workflows.landcover import split_label_items
+    from staclearn.data.search import open_items
 
     shared = Path(__file__).parents[1].parent / "shared"
     if not (shared / "data" / "landcover" / "nc_landsat7" / "landsat_multiband.tif").exists():
@@ -83,7 +83,7 @@ def test_onnx_round_trip_from_the_card_matches_pytorch_on_nc(nc):
 
 
 def test_card_with_two_model_assets_validates_offline(nc, shared_dir):
-    from staclearn.validate import validate
+    from staclearn.stac.validate import validate
 
     _, _, card_path = nc
     card = read_card(card_path)
@@ -161,9 +161,9 @@ def test_onnx_file_is_checked_before_loading(nc, tmp_path):
 
 
 def test_change_model_and_classifier_export(tmp_path):
-    from staclearn.change import build_change_model
-    from staclearn.classifier import build_classifier
-    from staclearn.engines import _check_graph
+    from staclearn.workflows.change import build_change_model
+    from staclearn.models.classifier import build_classifier
+    from staclearn.inference.engines import _check_graph
 
     torch.manual_seed(0)
     siam = build_change_model(["red", "nir"], mean=[0.0] * 4, std=[1.0] * 4, fusion="siam-diff").eval()
@@ -223,7 +223,7 @@ def test_predict_to_cog_auto_tiles_and_onnx_model(nc, tmp_path):
 
 
 def res_tile(cube, model, budget: float) -> int:
-    from staclearn.predict import _bytes_per_px
+    from staclearn.inference.raster import _bytes_per_px
 
     t, _ = auto_tile_size(
         (cube.sizes["y"], cube.sizes["x"]), padding=32, stride=32, bands=5, classes=5, batch_size=8,

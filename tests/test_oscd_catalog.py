@@ -16,10 +16,10 @@ import pytest
 import rasterio
 from conftest import REPO, SHARED_DIR
 
-from staclearn.cube import load_cube
-from staclearn.labels import classes_from_item
-from staclearn.search import open_items
-from staclearn.validate import validate_catalog
+from staclearn.data.cube import load_cube
+from staclearn.data.labels import classes_from_item
+from staclearn.data.search import open_items
+from staclearn.stac.validate import validate_catalog
 
 CATALOG = REPO / "catalogs" / "oscd" / "catalog.json"
 OSCD = SHARED_DIR / "data" / "change" / "oscd"
@@ -136,7 +136,7 @@ def test_saclay_e_dates_keep_their_own_grids(items):
 
 @pytest.mark.realdata
 def test_saclay_e_pair_aligns_on_the_grid_of_its_first_date(items, oscd):
-    from staclearn.change import load_pair
+    from staclearn.workflows.change import load_pair
 
     before, after, labels = load_pair(
         [items["saclay_e-20160315"]], [items["saclay_e-20170829"]], bands=["B02"], label_item=items["saclay_e-labels"]

@@ -186,15 +186,15 @@ def pc(tmp_path, rustac_serve):  # noqa: F811
 def test_planetary_computer_recipe(pc, tmp_path):
     import requests
 
-    from staclearn.chips import ChipDataset, band_statistics, block_split, export_chips
-    from staclearn.cube import load_cube, valid_mask
-    from staclearn.labels import IGNORE_INDEX, load_label_raster
-    from staclearn.modelcard import model_card
-    from staclearn.models import build_model, save_weights
-    from staclearn.predict import predict_class_map
-    from staclearn.publish import class_map_item, write_catalog
-    from staclearn.search import open_items
-    from staclearn.train import Trainer
+    from staclearn.chips.pixel import ChipDataset, band_statistics, block_split, export_chips
+    from staclearn.data.cube import load_cube, valid_mask
+    from staclearn.data.labels import IGNORE_INDEX, load_label_raster
+    from staclearn.stac.modelcard import model_card
+    from staclearn.models.segmentation import build_model, save_weights
+    from staclearn.inference.raster import predict_class_map
+    from staclearn.stac.items import class_map_item, write_catalog
+    from staclearn.data.search import open_items
+    from staclearn.training.trainer import Trainer
 
     api, bbox = pc["api"], pc["bbox"]
     assert requests.get(f"{pc['blob']}/naip.tif", timeout=5).status_code == 403  # unsigned: refused

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from staclearn.errors import ConfigError
-from staclearn.labels import ClassInfo
-from staclearn.plots import class_colours, rgb_image, show_batch, show_results
+from staclearn.data.labels import ClassInfo
+from staclearn.viz.plots import class_colours, rgb_image, show_batch, show_results
 
 CLASSES = (ClassInfo(0, "no change", "000000"), ClassInfo(1, "change", "FF0000"))
 

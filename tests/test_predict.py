@@ -13,9 +13,9 @@ from odc.geo.xr import xr_coords
 from torch import nn
 
 from staclearn.errors import BandMismatchError, ConfigError, StaclearnWarning
-from staclearn.labels import ClassInfo
-from staclearn.models import ModelSpec
-from staclearn.predict import (
+from staclearn.data.labels import ClassInfo
+from staclearn.models.segmentation import ModelSpec
+from staclearn.inference.raster import (
     CLASS_MAP_NODATA,
     predict_class_map,
     predict_probabilities,

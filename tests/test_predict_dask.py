@@ -13,13 +13,13 @@ from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
 
 from staclearn.errors import ConfigError
-from staclearn.labels import ClassInfo
-from staclearn.models import build_model, save_weights
-from staclearn.predict import CLASS_MAP_NODATA, predict_class_map, predict_probabilities
+from staclearn.data.labels import ClassInfo
+from staclearn.models.segmentation import build_model, save_weights
+from staclearn.inference.raster import CLASS_MAP_NODATA, predict_class_map, predict_probabilities
 
 distributed = pytest.importorskip("distributed")
 
-from staclearn.distributed import predict_dask
+from staclearn.inference.dask import predict_dask
 
 BANDS = ("blue", "green", "red", "nir")
 
@@ -70,7 +70,7 @@ def test_dask_on_two_workers_equals_single_process(model_and_weights, client):
     graph_bytes = len(pickle.dumps(dict(lazy.data.__dask_graph__())))
     assert graph_bytes < weights.stat().st_size / 20  # the weights are not in the task graph
     got = lazy.compute()
-    loads = client.run(lambda: __import__("staclearn.distributed").distributed._cached_model.cache_info())
+    loads = client.run(lambda: __import__("staclearn.inference.dask").distributed._cached_model.cache_info())
     assert len(loads) == 2 and all(info.misses <= 1 for info in loads.values())  # one load per worker
     single = predict_probabilities(model, cube, device="cpu", **kw)
     assert got.odc.geobox == single.odc.geobox and list(got["class"].values) == [0, 1, 2]
@@ -89,7 +89,7 @@ def test_dask_on_two_workers_equals_single_process(model_and_weights, client):
     single_cut = predict_class_map(model, cube, blend="none", device="cpu", **kw)
     assert np.array_equal(cut.values, single_cut.values)
     assert (cut.values[40:50, 30:45] == CLASS_MAP_NODATA).all()
-    loads = client.run(lambda: __import__("staclearn.distributed").distributed._cached_model.cache_info())
+    loads = client.run(lambda: __import__("staclearn.inference.dask").distributed._cached_model.cache_info())
     assert sum(info.misses for info in loads.values()) <= 2 and sum(info.hits for info in loads.values()) >= 1
 
 def test_dask_needs_a_dask_cube_and_big_enough_chunks(model_and_weights):

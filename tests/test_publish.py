@@ -28,14 +28,14 @@ from affine import Affine
 from pystac_client import Client
 
 from conftest import SHARED_DIR, make_item
-from staclearn.cube import load_cube
+from staclearn.data.cube import load_cube
 from staclearn.errors import BandMismatchError, ModelCardError, PublishError
-from staclearn.labels import ClassInfo
-from staclearn.modelcard import load_model, model_card
-from staclearn.models import build_model, save_weights
-from staclearn.predict import predict_class_map, write_cog
-from staclearn.publish import FsspecStacIO, api_items, class_map_item, publish_to_api, write_catalog
-from staclearn.validate import validate, validate_catalog
+from staclearn.data.labels import ClassInfo
+from staclearn.stac.modelcard import load_model, model_card
+from staclearn.models.segmentation import build_model, save_weights
+from staclearn.inference.raster import predict_class_map, write_cog
+from staclearn.stac.items import FsspecStacIO, api_items, class_map_item, publish_to_api, write_catalog
+from staclearn.stac.validate import validate, validate_catalog
 
 BANDS = ["red", "green", "blue", "nir"]
 CLASSES = [ClassInfo(1, "water", "0000ff"), ClassInfo(2, "forest", "00aa00"), ClassInfo(5, "built", "ff0000")]
@@ -378,7 +378,7 @@ def test_classifier_card_round_trip(tmp_path, scene):
     """A timm object classifier's card (task classification) validates and rebuilds the model."""
     import torch
 
-    from staclearn.classifier import build_classifier
+    from staclearn.models.classifier import build_classifier
 
     torch.manual_seed(0)
     clf = build_classifier(["r", "g", "b"], CLASSES[:2], mean=[90.0] * 3, std=[40.0] * 3, chip_size=32, buffer_m=5.0).eval()
@@ -403,7 +403,7 @@ def test_vector_item_for_classified_footprints(tmp_path, scene):
     import geopandas as gpd
     from shapely.geometry import box
 
-    from staclearn.publish import vector_item
+    from staclearn.stac.items import vector_item
 
     gdf = gpd.GeoDataFrame(
         {"footprint_id": ["a", "b", "c"], "class_value": [0, 1, None], "confidence": [0.9, 0.8, None]},

@@ -18,7 +18,7 @@ import pystac
 
 from conftest import NC_CATALOG
 from fixtures_nc_run import BANDS, PADDING, TILE, nc_run  # noqa: F401  (fixture)
-from staclearn.publish import FsspecStacIO, write_catalog
+from staclearn.stac.items import FsspecStacIO, write_catalog
 
 
 def _hrefs(d: dict) -> list[tuple[str, str]]:
@@ -64,9 +64,9 @@ def test_remote_sources_keep_their_canonical_url(nc_run, tmp_path):
 
 
 def test_moved_and_memory_copies_resolve_and_predict(nc_run, tmp_path):
-    from staclearn.cube import load_cube
-    from staclearn.modelcard import load_model
-    from staclearn.predict import predict_class_map
+    from staclearn.data.cube import load_cube
+    from staclearn.stac.modelcard import load_model
+    from staclearn.inference.raster import predict_class_map
 
     _republish(nc_run, tmp_path / "a" / "run")
     moved = tmp_path / "b" / "run"  # same depth: links to the sources outside still resolve

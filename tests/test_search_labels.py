@@ -11,7 +11,7 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 
 from conftest import make_item
-from staclearn.cube import load_cube
+from staclearn.data.cube import load_cube
 from staclearn.errors import (
     AssetNotFoundError,
     CatalogNotFoundError,
@@ -20,8 +20,8 @@ from staclearn.errors import (
     NoOverlapError,
     StaclearnError,
 )
-from staclearn.labels import IGNORE_INDEX, ClassInfo, load_label_raster, rasterize_labels
-from staclearn.search import open_items
+from staclearn.data.labels import IGNORE_INDEX, ClassInfo, load_label_raster, rasterize_labels
+from staclearn.data.search import open_items
 
 UTM = "EPSG:32617"
 T = Affine(30, 0, 600000, 0, -30, 4000000)  # 30 m pixels, UTM 17N (North Carolina)
@@ -175,7 +175,7 @@ def test_stackstac_engine_matches_odc(tmp_path):
 
 
 def test_indices_and_values_round_trip():
-    from staclearn.labels import indices_to_values, values_to_indices
+    from staclearn.data.labels import indices_to_values, values_to_indices
 
     classes = [ClassInfo(1, "a"), ClassInfo(5, "b"), ClassInfo(7, "c")]
     raw = np.array([[1, 5, 7], [-99999, 3, 5]], dtype=np.float32)

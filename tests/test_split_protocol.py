@@ -22,10 +22,10 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from shapely.geometry import box
 
-from staclearn.chips import ChipDataset, block_split, export_chips
+from staclearn.chips.pixel import ChipDataset, block_split, export_chips
 from staclearn.errors import NodataLabelsWarning, SplitError
-from staclearn.labels import IGNORE_INDEX
-from staclearn.splits import TEST, TRAIN, VALID, part_counts, read_regions, regions_mask
+from staclearn.data.labels import IGNORE_INDEX
+from staclearn.data.splits import TEST, TRAIN, VALID, part_counts, read_regions, regions_mask
 
 
 def _labels(seed: int = 0, shape=(192, 160), k: int = 4) -> np.ndarray:
@@ -145,7 +145,7 @@ def test_epoch_selection_uses_validation_only():
     """Validation and test disagree on purpose (test labels are the validation labels
     swapped), so scoring on test would keep another epoch; the trainer keeps the best
     validation epoch and never sees test."""
-    from staclearn.train import Trainer
+    from staclearn.training.trainer import Trainer
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:
@@ -190,7 +190,7 @@ def nc_runs(tmp_path_factory):
 
     if not (SHARED_DIR / "data" / "landcover" / "nc_landsat7" / "landsat_multiband.tif").exists():
         pytest.skip("needs ../shared/data/landcover/nc_landsat7 (the NC Landsat-7 scene)")
-    from staclearn.landcover import LandCoverConfig, run_landcover
+    from staclearn.workflows.landcover import LandCoverConfig, run_landcover
 
     root = tmp_path_factory.mktemp("split")
     # test regions: a polygon around the east part of the scene, written in WGS84 (the

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from staclearn.classify import ClassifierTrainer
+from staclearn.training.objects import ClassifierTrainer
 from staclearn.errors import CheckpointError, ConfigError, UnsafeWeightsError
-from staclearn.labels import IGNORE_INDEX, ClassInfo
-from staclearn.lr_finder import LRFindResult, steepest_lr, valley_lr
-from staclearn.models import load_weights
-from staclearn.sampling import class_presence, sample_weights
-from staclearn.train import Trainer
+from staclearn.data.labels import IGNORE_INDEX, ClassInfo
+from staclearn.training.lr_finder import LRFindResult, steepest_lr, valley_lr
+from staclearn.models.segmentation import load_weights
+from staclearn.chips.sampling import class_presence, sample_weights
+from staclearn.training.trainer import Trainer
 
 matplotlib.use("Agg")
 

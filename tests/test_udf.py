@@ -3,7 +3,7 @@
 ``openeo.udf.execute_local_udf`` executes the module from its source text exactly as a
 back-end does (function lookup by signature included). The model is an untrained, seeded
 U-Net published as an MLM card: the tests compare runs with each other and with
-:func:`staclearn.predict.predict_class_map`, which needs a fixed model, not a good one.
+:func:`staclearn.inference.raster.predict_class_map`, which needs a fixed model, not a good one.
 
 The U-Net is one encoder stage deep (stride 2, receptive field about 15 px), so a chunk's
 32 px overlap holds all the context a pixel's prediction depends on, and the chunked run
@@ -26,13 +26,13 @@ import xarray as xr
 openeo_udf = pytest.importorskip("openeo.udf", reason="openeo is not installed (pip install -e '.[dev]')")
 
 import staclearn.udf as udf_module
-from staclearn.cube import load_cube
+from staclearn.data.cube import load_cube
 from staclearn.errors import BandMismatchError, ConfigError
-from staclearn.labels import classes_from_item
-from staclearn.modelcard import load_model, model_card
-from staclearn.models import build_model, save_weights
-from staclearn.predict import predict_class_map
-from staclearn.search import open_items
+from staclearn.data.labels import classes_from_item
+from staclearn.stac.modelcard import load_model, model_card
+from staclearn.models.segmentation import build_model, save_weights
+from staclearn.inference.raster import predict_class_map
+from staclearn.data.search import open_items
 
 pytestmark = pytest.mark.realdata
 
@@ -171,7 +171,7 @@ def test_udf_change_model_on_a_real_oscd_pair_equals_predict_change(tmp_path):
     """A two-date cube (t = before, after) through a siamese change card gives predict_change's mask."""
     from conftest import REPO, SHARED_DIR
 
-    from staclearn.change import build_change_model, load_pair, predict_change
+    from staclearn.workflows.change import build_change_model, load_pair, predict_change
 
     if not (SHARED_DIR / "data" / "change" / "oscd" / "bercy").is_dir():
         pytest.skip("needs ../shared/data/change/oscd")

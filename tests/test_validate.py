@@ -1,4 +1,4 @@
-"""Tests for staclearn.validate: offline core and extension schema validation."""
+"""Tests for staclearn.stac.validate: offline core and extension schema validation."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pystac
 import pytest
 
 from staclearn.errors import CatalogNotFoundError, ConfigError, ValidationError
-from staclearn.validate import SCHEMA_DIR_ENV, ValidationReport, validate, validate_catalog
+from staclearn.stac.validate import SCHEMA_DIR_ENV, ValidationReport, validate, validate_catalog
 
 REPO = Path(__file__).parents[1]
 CATALOG = REPO / "catalogs" / "nc-landsat" / "catalog.json"

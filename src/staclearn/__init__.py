@@ -1,67 +1,65 @@
 """staclearn: STAC-native GeoAI.
 
-Land-cover pixel classification, building-damage classification and change detection from
-STAC Items to published STAC Items with MLM model cards. The public API::
+Land-cover pixel classification, building-damage classification and change detection, from STAC
+Items to published STAC Items with MLM model cards. One entry point per workflow sits here; the
+steps live in one package per pipeline stage::
 
-    items = staclearn.open_items("catalogs/nc-landsat/catalog.json")
-    cube = staclearn.load_cube(imagery, bands=["b1", "b2", "b3", "b4", "b5"])
-    labels = staclearn.load_label_raster(label_item, cube.odc.geobox)
-    ...
+    staclearn.data        STAC search, cubes, labels, footprints, splits
+    staclearn.chips       pixel / object chips, sampling, augmentation
+    staclearn.models      segmentation, change and object-classifier networks, losses
+    staclearn.training    the trainer, checkpoints, lr finder, device
+    staclearn.inference   tiled prediction to COGs, Dask, ONNX, objects, vectorizing
+    staclearn.evaluation  metrics, baselines, reports
+    staclearn.stac        Items, model cards, catalogs, STAC API publishing, validation
+    staclearn.workflows   landcover, damage, change: Config, Result, run_*
+    staclearn.viz         figures and maps
+
+Typical use::
+
     result = staclearn.run_landcover("catalogs/nc-landsat/catalog.json", "runs/nc")
-    before, after, labels = staclearn.load_pair(before_items, after_items, bands=["B02", "B03"], label_item=label_item)
-    result = staclearn.run_change("catalogs/oscd/catalog.json", "runs/oscd", staclearn.ChangeConfig(valid_cities=("bercy",)))
+    model = staclearn.load_model("runs/nc/model/model.json")
+    staclearn.predict_to_cog(model, staclearn.load_cube(items, bands=...), "class_map.tif")
+
+Importing ``staclearn`` imports none of torch, kornia, scikit-learn or matplotlib: every name
+below loads its module on first use (``lazy_loader``).
 """
 
-from staclearn.augment import Augmentation
-from staclearn.change import ChangeConfig, load_pair, predict_change, run_change
-from staclearn.chips import ChipDataset, band_statistics, block_split, chip_windows, export_chips
-from staclearn.cube import load_cube
-from staclearn.errors import StaclearnError
-from staclearn.evaluate import ClassificationMetrics, compute_metrics, random_forest_baseline, write_report
-from staclearn.labels import ClassInfo, load_label_raster, rasterize_labels
-from staclearn.landcover import LandCoverConfig, run_landcover
-from staclearn.modelcard import load_model, model_card
-from staclearn.models import build_model
-from staclearn.distributed import predict_dask
-from staclearn.predict import predict_class_map, predict_probabilities, predict_to_cog
-from staclearn.publish import class_map_item, publish_to_api, write_catalog
-from staclearn.search import open_items
-from staclearn.train import Trainer
+import lazy_loader as _lazy
 
-__all__ = [
-    "open_items",
-    "load_cube",
-    "ClassInfo",
-    "load_label_raster",
-    "rasterize_labels",
-    "chip_windows",
-    "block_split",
-    "export_chips",
-    "ChipDataset",
-    "band_statistics",
-    "Augmentation",
-    "build_model",
-    "Trainer",
-    "predict_class_map",
-    "predict_probabilities",
-    "predict_to_cog",
-    "predict_dask",
-    "ClassificationMetrics",
-    "compute_metrics",
-    "random_forest_baseline",
-    "write_report",
-    "model_card",
-    "load_model",
-    "class_map_item",
-    "write_catalog",
-    "publish_to_api",
-    "LandCoverConfig",
-    "run_landcover",
-    "load_pair",
-    "predict_change",
-    "ChangeConfig",
-    "run_change",
-    "StaclearnError",
-]
+from staclearn import _deprecated
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_getattr, __dir__, __all__ = _lazy.attach(
+    __name__,
+    submodules=[
+        "chips", "cli", "data", "errors", "evaluation", "inference", "models", "openeo_processes",
+        "stac", "training", "udf", "viz", "workflows",
+    ],
+    submod_attrs={
+        "data.search": ["open_items"],
+        "data.cube": ["load_cube"],
+        "workflows.landcover": ["LandCoverConfig", "run_landcover"],
+        "workflows.damage": ["DamageConfig", "run_damage"],
+        "workflows.change": ["ChangeConfig", "run_change", "load_pair", "predict_change"],
+        "inference.raster": ["predict_class_map", "predict_to_cog"],
+        "inference.dask": ["predict_dask"],
+        "stac.modelcard": ["load_model", "model_card"],
+        "stac.items": ["write_catalog", "publish_to_api"],
+        "errors": ["StaclearnError"],
+    },
+)
+__all__ = [n for n in __all__ if "." not in n and n not in {
+    "chips", "cli", "data", "errors", "evaluation", "inference", "models", "openeo_processes",
+    "stac", "training", "udf", "viz", "workflows"}]
+
+
+def __getattr__(name: str):
+    """Lazy public names; 0.1 names that moved resolve with a ``DeprecationWarning``."""
+    try:
+        return _getattr(name)
+    except AttributeError:
+        return _deprecated.top_level(name)
+
+
+_deprecated.install()

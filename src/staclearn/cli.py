@@ -74,7 +74,7 @@ def search(
     modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
 ) -> None:
     """List the STAC Items a source holds (id, collection, datetime, assets) as JSON lines."""
-    from staclearn.search import open_items
+    from staclearn.data.search import open_items
 
     try:
         items = open_items(
@@ -143,7 +143,7 @@ def landcover_run(
     polygons.parquet and catalog.json with the MLM model-card Item, the class-map Item and
     the polygons Item.
     """
-    from staclearn.landcover import LandCoverConfig, run_landcover
+    from staclearn.workflows.landcover import LandCoverConfig, run_landcover
 
     config = LandCoverConfig(
         bands=tuple(bands) if bands else None,
@@ -218,7 +218,7 @@ def damage_run(
     """Train a classifier on chips around each footprint with whole test tiles held out (scored
     only) and validation tiles picking the epoch; classify the test and validation buildings
     (class + confidence), report test and validation figures apart and publish card + Item."""
-    from staclearn.damage import DamageConfig, run_damage
+    from staclearn.workflows.damage import DamageConfig, run_damage
 
     config = DamageConfig(
         classvalue_field=classvalue_field,
@@ -289,7 +289,7 @@ def change_run(
     --split-seed) are used for nothing but the final figures; validation cities (--valid-city,
     else drawn from the rest) choose the epoch and the decision threshold and are reported
     apart; the others train."""
-    from staclearn.change import S2_10M_20M, ChangeConfig, run_change
+    from staclearn.workflows.change import S2_10M_20M, ChangeConfig, run_change
 
     try:
         recipe = {k: v for k, v in (("architecture", architecture), ("standardize", standardize)) if v is not None}
@@ -332,12 +332,12 @@ def change_predict(
     (before, after), both dates on one GeoBox; publish it as a change-mask Item. The mask is
     p(change) >= the card's threshold (chosen on validation cities), or --threshold."""
 
-    from staclearn.change import change_mask_item, load_pair, predict_change
+    from staclearn.workflows.change import change_mask_item, load_pair, predict_change
     from staclearn.errors import ConfigError
-    from staclearn.landcover import split_label_items
-    from staclearn.modelcard import load_model, read_card
-    from staclearn.publish import write_catalog
-    from staclearn.search import open_items
+    from staclearn.workflows.landcover import split_label_items
+    from staclearn.stac.modelcard import load_model, read_card
+    from staclearn.stac.items import write_catalog
+    from staclearn.data.search import open_items
 
     try:
         card = read_card(model)
@@ -399,14 +399,14 @@ def predict(
     import pystac
     import rioxarray
 
-    from staclearn.cube import load_cube
-    from staclearn.landcover import split_label_items
-    from staclearn.modelcard import load_model, read_card
-    from staclearn.predict import predict_to_cog
-    from staclearn.publish import class_map_item, write_catalog
-    from staclearn.search import open_items
+    from staclearn.data.cube import load_cube
+    from staclearn.workflows.landcover import split_label_items
+    from staclearn.stac.modelcard import load_model, read_card
+    from staclearn.inference.raster import predict_to_cog
+    from staclearn.stac.items import class_map_item, write_catalog
+    from staclearn.data.search import open_items
 
-    from staclearn.train import resolve_device
+    from staclearn.training.device import resolve_device
 
     if tile_size != "auto" and not tile_size.isdigit():
         raise typer.BadParameter("--tile-size is a number of pixels or 'auto'")
@@ -441,8 +441,8 @@ def export_onnx(
 ) -> None:
     """Export an existing card's model to ONNX beside its safetensors weights and list it in
     the card as a second mlm:model asset (mlm:artifact_type torch.onnx.export)."""
-    from staclearn.engines import add_onnx_artifact
-    from staclearn.modelcard import load_model, read_card
+    from staclearn.inference.engines import add_onnx_artifact
+    from staclearn.stac.modelcard import load_model, read_card
 
     try:
         item = read_card(card)
@@ -467,7 +467,7 @@ def publish(
     import pystac
 
     from staclearn.errors import PublishError
-    from staclearn.publish import FsspecStacIO, api_items, publish_to_api, write_catalog
+    from staclearn.stac.items import FsspecStacIO, api_items, publish_to_api, write_catalog
 
     if not (to or api or ndjson):
         raise typer.BadParameter("give --to, --api and/or --ndjson")
@@ -513,8 +513,8 @@ def vectorize(
     import pystac
 
     from staclearn.errors import ConfigError
-    from staclearn.publish import FsspecStacIO, write_catalog
-    from staclearn.vectorize import class_map_asset, vectorize as polygonize, vectorize_item
+    from staclearn.stac.items import FsspecStacIO, write_catalog
+    from staclearn.inference.vectorize import class_map_asset, vectorize as polygonize, vectorize_item
 
     if (item is None) == (raster is None):
         raise typer.BadParameter("give --item or --raster")

@@ -11,7 +11,7 @@ class map (land-cover models) or change mask (two-date change models) as one ban
 
 Use it with ``apply_neighborhood`` so that each chunk carries ``overlap`` pixels of context
 on every side; openEO discards the overlap of the result, so chunk seams do not show
-(the same idea as the ``padding`` of :func:`staclearn.predict.predict_class_map`)::
+(the same idea as the ``padding`` of :func:`staclearn.inference.raster.predict_class_map`)::
 
     import openeo
 
@@ -56,7 +56,7 @@ Context keys:
 * ``model`` (required): path or URL of the MLM card Item JSON.
 * ``bands``: ``{openEO band label: card band name}`` when the labels differ from the card's.
 * ``tile_size`` (256), ``padding`` (32), ``batch_size`` (8), ``device`` (``"auto"``): as in
-  :func:`staclearn.predict.predict_class_map`.
+  :func:`staclearn.inference.raster.predict_class_map`.
 * ``nodata``: value that marks missing input pixels besides NaN.
 
 Loaded models are kept for the life of the worker process (at most 4 cards, keyed by the
@@ -98,7 +98,7 @@ _BAND_DIMS = ("bands", "band")
 
 @functools.lru_cache(maxsize=4)
 def _cached_model(href: str) -> Any:
-    from staclearn.modelcard import load_model
+    from staclearn.stac.modelcard import load_model
 
     return load_model(href)
 
@@ -169,7 +169,7 @@ def _select_bands(
 
 
 def _predict(model: Any, image: xarray.DataArray, settings: Mapping[str, Any]) -> np.ndarray:
-    from staclearn.predict import predict_class_map
+    from staclearn.inference.raster import predict_class_map
 
     result = predict_class_map(
         model,
@@ -244,7 +244,7 @@ def apply_datacube(cube: xarray.DataArray, context: dict) -> xarray.DataArray:
                 f"with exactly 2 dates (before, after), it has {n}. Filter the dates in openEO "
                 "(filter_temporal) before apply_neighborhood."
             )
-        from staclearn.change import stack_pair
+        from staclearn.workflows.change import stack_pair
 
         before = _as_image(cube.isel({time_dim: 0}), band_dim, nodata)
         after = _as_image(cube.isel({time_dim: 1}), band_dim, nodata)

@@ -1,0 +1,16 @@
+"""Publishing: class-map, change-mask and vector Items, the MLM model card, catalogs, STAC API publishing and validation.
+
+Names load lazily (``lazy_loader``): importing this package imports none of its modules
+"""
+
+import lazy_loader as _lazy
+
+__getattr__, __dir__, __all__ = _lazy.attach(
+    __name__,
+    submodules=['items', 'modelcard', 'validate'],
+    submod_attrs={
+        'items': ['unsigned_href', 'geobox_geometry', 'class_map_item', 'write_catalog', 'api_items', 'chips_collection', 'vector_item', 'publish_to_api', 'FsspecStacIO'],
+        'modelcard': ['MLM_SCHEMA', 'CLASSIFICATION_SCHEMA', 'model_card', 'spec_from_card', 'read_card', 'load_model', 'WEIGHTS_ASSET'],
+        'validate': ['SCHEMA_DIR_ENV', 'ValidationReport', 'validate', 'validate_catalog'],
+    },
+)
