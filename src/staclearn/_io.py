@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_json", "is_url", "local_path"]
+__all__ = ["atomic_write", "write_json", "is_url", "local_path", "check_run_folder"]
 
 
 def is_url(href: str) -> bool:
@@ -65,3 +65,23 @@ def write_json(path: str | os.PathLike[str], data: Any, *, allow_nan: bool = Tru
     """
     text = json.dumps(data, indent=2, default=str, allow_nan=allow_nan) + "\n"
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def check_run_folder(out: Path, *, overwrite: bool) -> None:
+    """Refuse to write a run into a folder that already holds files, unless ``overwrite``.
+
+    Raises:
+        RunExistsError: ``out`` exists, is not empty, and ``overwrite`` is False.
+        ConfigError: ``out`` is a file.
+    """
+    from staclearn.errors import ConfigError
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the run.")
+    if not overwrite and out.is_dir() and any(out.iterdir()):
+        from staclearn.errors import RunExistsError
+
+        raise RunExistsError(
+            f"Run folder {out} is not empty (it holds {', '.join(sorted(p.name for p in out.iterdir())[:4])}...): "
+            "choose another --out, or pass --overwrite (Python: overwrite=True) to replace that run."
+        )

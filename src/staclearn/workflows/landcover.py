@@ -29,7 +29,7 @@ import pystac
 
 from staclearn.chips.pixel import ChipDataset, band_statistics, block_split, export_chips
 from staclearn.data.cube import load_cube, read_pixels, valid_mask
-from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError, RunExistsError
+from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError
 from staclearn.evaluation.metrics import ClassificationMetrics, compute_metrics, summary
 from staclearn.evaluation.baselines import random_forest_baseline
 from staclearn.evaluation.reports import write_evaluation
@@ -44,8 +44,9 @@ from staclearn.inference.engines import add_onnx_artifact
 from staclearn.training.trainer import EpochRecord, train_ensemble
 from staclearn.inference.vectorize import vectorize_item
 from staclearn._io import write_json
+from staclearn._io import check_run_folder
 
-__all__ = ["LandCoverConfig", "LandCoverResult", "run_landcover", "split_label_items", "check_run_folder"]
+__all__ = ["LandCoverConfig", "LandCoverResult", "run_landcover", "split_label_items"]
 
 
 DEFAULT_MODEL_OPTIONS: dict[str, Any] = {
@@ -212,24 +213,6 @@ def _resolve_indices(
                     roles[common] = name
     kept = [i for i in indices if i in SPECTRAL_INDICES and all(r in roles for r in SPECTRAL_INDICES[i])]
     return kept, roles, [i for i in indices if i not in kept]
-
-
-def check_run_folder(out: Path, *, overwrite: bool) -> None:
-    """Refuse to write a run into a folder that already holds files, unless ``overwrite``.
-
-    Raises:
-        RunExistsError: ``out`` exists, is not empty, and ``overwrite`` is False.
-        ConfigError: ``out`` is a file.
-    """
-    from staclearn.errors import ConfigError
-
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; give a folder for the run.")
-    if not overwrite and out.is_dir() and any(out.iterdir()):
-        raise RunExistsError(
-            f"Run folder {out} is not empty (it holds {', '.join(sorted(p.name for p in out.iterdir())[:4])}...): "
-            "choose another --out, or pass --overwrite (Python: overwrite=True) to replace that run."
-        )
 
 
 def split_label_items(items: Sequence[pystac.Item]) -> tuple[list[pystac.Item], list[pystac.Item]]:
