@@ -14,7 +14,7 @@ from typing import Any
 import pystac
 import pytest
 
-from staclearn.errors import CatalogNotFoundError, ConfigError, ValidationError
+from staclearn.errors import CatalogNotFoundError, ConfigError, StacValidationError
 from staclearn.stac.validate import SCHEMA_DIR_ENV, ValidationReport, validate, validate_catalog
 
 REPO = Path(__file__).parents[1]
@@ -82,7 +82,7 @@ def test_core_only_without_schema_dir(offline: None) -> None:
 def test_core_failure_names_item_and_path(offline: None) -> None:
     stac = _item("nc-landsat7-2000")
     stac["bbox"] = "not a bbox"
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(StacValidationError) as info:
         validate(stac)
     message = str(info.value)
     assert "'nc-landsat7-2000'" in message
@@ -122,7 +122,7 @@ def test_unsupported_stac_version_skips_core(offline: None) -> None:
 
 
 def test_bad_inputs(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="FeatureCollection"):
+    with pytest.raises(StacValidationError, match="FeatureCollection"):
         validate({"type": "FeatureCollection", "features": []})
     with pytest.raises(TypeError):
         validate([])  # type: ignore[arg-type]
@@ -180,7 +180,7 @@ def test_pystac_migrates_classification_on_read(schema_dir: Path, offline: None)
 def test_broken_classification_value_names_item(schema_dir: Path, offline: None) -> None:
     stac = _item("nc-landsat7-labels")
     stac["assets"]["labels"]["classification:classes"][2]["value"] = "3"
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(StacValidationError) as info:
         validate(stac, schema_dir)
     message = str(info.value)
     assert "'nc-landsat7-labels'" in message
@@ -194,7 +194,7 @@ def test_broken_label_and_raster_fields(schema_dir: Path, offline: None) -> None
     stac = _item("nc-landsat7-labels")
     stac["properties"]["label:type"] = "pixels"
     stac["assets"]["labels"]["raster:bands"][0]["data_type"] = "f32"
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(StacValidationError) as info:
         validate(stac, schema_dir)
     message = str(info.value)
     assert f"{LABEL} at $.properties['label:type']: 'pixels' is not one of" in message
@@ -253,7 +253,7 @@ def test_refs_across_schemas_resolve_offline(probe_schema_dir: Path, offline: No
     bad = copy.deepcopy(stac)
     bad["properties"]["probe:expr"] = {"format": 1}
     bad["properties"]["probe:item"] = {"type": "Feature"}
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(StacValidationError) as info:
         validate(bad, probe_schema_dir)
     assert "$.properties['probe:expr'].format: 1 is not of type 'string'" in str(info.value)
     assert "$.properties['probe:item']: 'geometry' is a required property" in str(info.value)
@@ -264,7 +264,7 @@ def test_ref_to_missing_schema_is_not_fetched(probe_schema_dir: Path, offline: N
     stac = _item("nc-landsat7-2000")
     stac["stac_extensions"].append("https://example.org/probe/v1.0.0/schema.json")
     stac["properties"]["probe:missing"] = 1
-    with pytest.raises(ValidationError, match=r"https://example\.com/missing/schema\.json, which "):
+    with pytest.raises(StacValidationError, match=r"https://example\.com/missing/schema\.json, which "):
         validate(stac, probe_schema_dir)
 
 
@@ -277,7 +277,7 @@ def test_processing_110_mapped_by_the_uri_it_requires(schema_dir: Path, offline:
     stac["properties"]["processing:software"] = {"scripts/build_nc_catalog.py": "0.1.0"}
     assert validate(stac, schema_dir).validated == (RASTER, PROCESSING_110)
     stac["properties"]["processing:software"] = "0.1.0"
-    with pytest.raises(ValidationError, match=r"processing:software"):
+    with pytest.raises(StacValidationError, match=r"processing:software"):
         validate(stac, schema_dir)
     stac["stac_extensions"][-1] = EXT.format("processing/v1.0.0")
     del stac["properties"]["processing:software"]

@@ -30,7 +30,7 @@ import referencing.jsonschema
 from pystac.validation.local_validator import get_local_schema_cache
 from referencing.exceptions import Unresolvable
 
-from staclearn.errors import CatalogNotFoundError, ConfigError, ValidationError
+from staclearn.errors import CatalogNotFoundError, ConfigError, StacValidationError
 
 __all__ = ["SCHEMA_DIR_ENV", "ValidationReport", "validate", "validate_catalog"]
 
@@ -39,7 +39,7 @@ SCHEMA_DIR_ENV = "STACLEARN_SCHEMA_DIR"
 
 _CORE_SCHEMA = "https://schemas.stacspec.org/v{version}/{kind}-spec/json-schema/{kind}.json"
 _KINDS = {"Feature": "item", "Collection": "collection", "Catalog": "catalog"}
-#: Errors quoted per failing schema in a ValidationError message.
+#: Errors quoted per failing schema in a StacValidationError message.
 _MAX_ERRORS = 5
 
 
@@ -48,7 +48,7 @@ class ValidationReport:
     """What :func:`validate` checked for one STAC object.
 
     A report is only returned when every schema that was checked passed; a failure raises
-    :class:`~staclearn.errors.ValidationError` instead.
+    :class:`~staclearn.errors.StacValidationError` instead.
     """
 
     object_id: str
@@ -203,7 +203,7 @@ def _validate_dict(stac: dict[str, Any], schemas: _Schemas) -> ValidationReport:
     object_id = str(stac.get("id", "<no id>"))
     kind = _KINDS.get(str(stac.get("type")))
     if kind is None:
-        raise ValidationError(
+        raise StacValidationError(
             f"STAC object {object_id!r} has type {stac.get('type')!r}; only Item ('Feature'), "
             "Collection and Catalog can be validated."
         )
@@ -225,7 +225,7 @@ def _validate_dict(stac: dict[str, Any], schemas: _Schemas) -> ValidationReport:
         if (failure := _check(stac, uri, ext_validator)) is not None:
             failures.append(failure)
     if failures:
-        raise ValidationError(
+        raise StacValidationError(
             f"STAC {kind} {object_id!r} does not validate: "
             + "; ".join(failures)
             + ". Fix the fields named; for an extension the object does not use, drop its URI "
@@ -273,7 +273,7 @@ def validate(
         A :class:`ValidationReport` of the schemas checked and skipped.
 
     Raises:
-        ValidationError: If the object fails its core schema or any local extension schema
+        StacValidationError: If the object fails its core schema or any local extension schema
             (the message names the object id, each failing schema URI, the JSON path and the
             error), if a ``$ref`` cannot be resolved offline, or if its ``type`` is not an
             Item, Collection or Catalog.
@@ -345,7 +345,7 @@ def validate_catalog(
         The number of STAC objects validated, root included.
 
     Raises:
-        ValidationError: If any object fails validation (the first failure, in walk order).
+        StacValidationError: If any object fails validation (the first failure, in walk order).
         CatalogNotFoundError: If ``root`` or a linked file is missing, unreadable or remote.
         ConfigError: If ``schema_dir`` is not a folder of readable schemas with ``$id``.
     """
