@@ -5,7 +5,7 @@
 (3 layers of 3x3 convolutions: a receptive field of 7 px, so tiles with 3 px of overlap or
 more predict exactly what the whole scene predicts), writes its class map and probabilities
 with :func:`~staclearn.inference.raster.predict_to_cog` and publishes card + class-map Item with
-:func:`~staclearn.stac.items.write_catalog`. Untrained weights: these tests are about the
+:func:`~staclearn.stac.catalog.write_catalog`. Untrained weights: these tests are about the
 engines around the model, not its accuracy. Shared by the tests of one session (the
 tests must not modify it; copy it first).
 
@@ -65,7 +65,8 @@ def nc_run(tmp_path_factory: pytest.TempPathFactory) -> NcRun:
     from staclearn.stac.modelcard import model_card
     from staclearn.models.segmentation import build_model, save_weights
     from staclearn.inference.raster import predict_to_cog
-    from staclearn.stac.items import class_map_item, write_catalog
+    from staclearn.stac.items import class_map_item
+    from staclearn.stac.catalog import write_catalog
 
     source = nc_source_item()
     cube = load_cube([source], bands=BANDS)

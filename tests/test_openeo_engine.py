@@ -19,7 +19,7 @@ import rasterio
 
 from conftest import NC_CATALOG, REPO
 from fixtures_nc_run import nc_run, nc_source_item  # noqa: F401  (fixture)
-from staclearn.stac.items import publish_to_api
+from staclearn.stac.api import publish_to_api
 
 pytest.importorskip("openeo_processes_dask", reason="needs openeo-processes-dask (pip install -e '.[dev]')")
 pytest.importorskip("openeo_pg_parser_networkx", reason="needs openeo-pg-parser-networkx (pip install -e '.[dev]')")

@@ -192,7 +192,8 @@ def test_planetary_computer_recipe(pc, tmp_path):
     from staclearn.stac.modelcard import model_card
     from staclearn.models.segmentation import build_model, save_weights
     from staclearn.inference.raster import predict_class_map
-    from staclearn.stac.items import class_map_item, write_catalog
+    from staclearn.stac.items import class_map_item
+    from staclearn.stac.catalog import write_catalog
     from staclearn.data.search import open_items
     from staclearn.training.trainer import Trainer
 

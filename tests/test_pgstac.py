@@ -22,7 +22,7 @@ from pystac_client import Client
 from fixtures_nc_run import nc_run  # noqa: F401  (fixture)
 from fixtures_pgstac import _script, pgstac_api  # noqa: F401  (fixture)
 from staclearn.stac.modelcard import load_model
-from staclearn.stac.items import publish_to_api
+from staclearn.stac.api import publish_to_api
 
 NC_BBOX = [-78.77, 35.69, -78.61, 35.81]
 

@@ -34,7 +34,10 @@ from staclearn.data.labels import ClassInfo
 from staclearn.stac.modelcard import load_model, model_card
 from staclearn.models.segmentation import build_model, save_weights
 from staclearn.inference.raster import predict_class_map, write_cog
-from staclearn.stac.items import FsspecStacIO, api_items, class_map_item, publish_to_api, write_catalog
+from staclearn._io import FsspecStacIO
+from staclearn.stac.api import api_items, publish_to_api
+from staclearn.stac.items import class_map_item
+from staclearn.stac.catalog import write_catalog
 from staclearn.stac.validate import validate, validate_catalog
 
 BANDS = ["red", "green", "blue", "nir"]

@@ -18,7 +18,8 @@ import pystac
 
 from conftest import NC_CATALOG
 from fixtures_nc_run import BANDS, PADDING, TILE, nc_run  # noqa: F401  (fixture)
-from staclearn.stac.items import FsspecStacIO, write_catalog
+from staclearn._io import FsspecStacIO
+from staclearn.stac.catalog import write_catalog
 
 
 def _hrefs(d: dict) -> list[tuple[str, str]]:

@@ -45,7 +45,8 @@ _getattr, __dir__, __all__ = _lazy.attach(
         "inference.raster": ["predict_class_map", "predict_to_cog"],
         "inference.dask": ["predict_dask"],
         "stac.modelcard": ["load_model", "model_card"],
-        "stac.items": ["write_catalog", "publish_to_api"],
+        "stac.catalog": ["write_catalog"],
+        "stac.api": ["publish_to_api"],
         "errors": ["StaclearnError"],
     },
 )

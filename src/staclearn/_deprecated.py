@@ -44,7 +44,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "evaluate": ("staclearn.evaluation.metrics", "staclearn.evaluation.baselines", "staclearn.evaluation.reports"),
     "plots": ("staclearn.viz.plots",),
     "maps": ("staclearn.viz.maps",),
-    "publish": ("staclearn.stac.items",),
+    "publish": ("staclearn.stac.items", "staclearn.stac.catalog", "staclearn.stac.api", "staclearn._io"),
     "modelcard": ("staclearn.stac.modelcard",),
     "validate": ("staclearn.stac.validate",),
     "landcover": ("staclearn.workflows.landcover",),

@@ -336,7 +336,7 @@ def change_predict(
     from staclearn.errors import ConfigError
     from staclearn.workflows.landcover import split_label_items
     from staclearn.stac.modelcard import load_model, read_card
-    from staclearn.stac.items import write_catalog
+    from staclearn.stac.catalog import write_catalog
     from staclearn.data.search import open_items
 
     try:
@@ -403,7 +403,8 @@ def predict(
     from staclearn.workflows.landcover import split_label_items
     from staclearn.stac.modelcard import load_model, read_card
     from staclearn.inference.raster import predict_to_cog
-    from staclearn.stac.items import class_map_item, write_catalog
+    from staclearn.stac.items import class_map_item
+    from staclearn.stac.catalog import write_catalog
     from staclearn.data.search import open_items
 
     from staclearn.training.device import resolve_device
@@ -467,7 +468,9 @@ def publish(
     import pystac
 
     from staclearn.errors import PublishError
-    from staclearn.stac.items import FsspecStacIO, api_items, publish_to_api, write_catalog
+    from staclearn._io import FsspecStacIO
+    from staclearn.stac.api import api_items, publish_to_api
+    from staclearn.stac.catalog import write_catalog
 
     if not (to or api or ndjson):
         raise typer.BadParameter("give --to, --api and/or --ndjson")
@@ -513,7 +516,8 @@ def vectorize(
     import pystac
 
     from staclearn.errors import ConfigError
-    from staclearn.stac.items import FsspecStacIO, write_catalog
+    from staclearn._io import FsspecStacIO
+    from staclearn.stac.catalog import write_catalog
     from staclearn.inference.vectorize import class_map_asset, vectorize as polygonize, vectorize_item
 
     if (item is None) == (raster is None):

@@ -246,7 +246,7 @@ def vectorize_item(
     """Polygonize a workflow's class map / change mask and describe it as a vector Item.
 
     Writes ``out_dir/name`` (GeoParquet) and returns an Item (not saved: publish it with the
-    raster Item through :func:`staclearn.stac.items.write_catalog`) with the table as asset
+    raster Item through :func:`staclearn.stac.catalog.write_catalog`) with the table as asset
     ``polygons``, id ``<item id>-polygons``, the raster Item's time range and a
     ``derived_from`` link to the raster Item (the Item object when it has no self href yet,
     so the link follows it into the catalog).

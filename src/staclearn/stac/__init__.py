@@ -7,9 +7,11 @@ import lazy_loader as _lazy
 
 __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
-    submodules=['items', 'modelcard', 'validate'],
+    submodules=['api', 'catalog', 'items', 'modelcard', 'validate'],
     submod_attrs={
-        'items': ['unsigned_href', 'geobox_geometry', 'class_map_item', 'write_catalog', 'api_items', 'chips_collection', 'vector_item', 'publish_to_api', 'FsspecStacIO'],
+        'api': ['api_items', 'publish_to_api'],
+        'catalog': ['write_catalog'],
+        'items': ['unsigned_href', 'geobox_geometry', 'class_map_item', 'chips_collection', 'vector_item'],
         'modelcard': ['MLM_SCHEMA', 'CLASSIFICATION_SCHEMA', 'model_card', 'spec_from_card', 'read_card', 'load_model', 'WEIGHTS_ASSET'],
         'validate': ['SCHEMA_DIR_ENV', 'ValidationReport', 'validate', 'validate_catalog'],
     },

@@ -32,7 +32,8 @@ from staclearn.models.segmentation import (
     model_from_spec,
     pair_band_names,
 )
-from staclearn.stac.items import FsspecStacIO, unsigned_href
+from staclearn._io import FsspecStacIO
+from staclearn.stac.items import unsigned_href
 
 __all__ = ["MLM_SCHEMA", "CLASSIFICATION_SCHEMA", "model_card", "spec_from_card", "read_card", "load_model", "WEIGHTS_ASSET"]
 

@@ -26,7 +26,7 @@ from odc.geo.geobox import GeoBox
 
 from staclearn.errors import AssetNotFoundError, ImageryNotFoundError, MissingDependencyError
 from staclearn.data.labels import ClassInfo
-from staclearn.stac.items import FsspecStacIO
+from staclearn._io import FsspecStacIO
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

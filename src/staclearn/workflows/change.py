@@ -1835,7 +1835,7 @@ def _publish_run(
 ) -> tuple[pystac.Item, dict[str, pystac.Item]]:
     """Write the MLM card and one change-mask Item per test city into ``out/catalog.json``."""
     from staclearn.stac.modelcard import model_card
-    from staclearn.stac.items import write_catalog
+    from staclearn.stac.catalog import write_catalog
 
     run_id = out.resolve().name
     training = [i for c in split.train for i in (*groups[c].before, *groups[c].after, groups[c].labels)]

@@ -857,7 +857,8 @@ def _publish(
 ) -> Path:
     """Write the MLM card and the per-building Item into ``out/catalog.json``."""
     from staclearn.stac.modelcard import model_card
-    from staclearn.stac.items import vector_item, write_catalog
+    from staclearn.stac.items import vector_item
+    from staclearn.stac.catalog import write_catalog
 
     run_id = out.resolve().name
     metrics = {part: {name: summary(m) for name, m in models.items()} for part, models in results.items()}

@@ -37,7 +37,8 @@ from staclearn.data.labels import IGNORE_INDEX, indices_to_values, load_label_ra
 from staclearn.stac.modelcard import model_card
 from staclearn.models.segmentation import build_model, save_weights
 from staclearn.inference.raster import CLASS_MAP_NODATA, predict_class_map, write_cog
-from staclearn.stac.items import chips_collection, class_map_item, geobox_geometry, write_catalog
+from staclearn.stac.items import chips_collection, class_map_item, geobox_geometry
+from staclearn.stac.catalog import write_catalog
 from staclearn.data.search import open_items
 from staclearn.data.splits import TEST, TRAIN, VALID, part_counts, regions_mask, split_description
 from staclearn.inference.engines import add_onnx_artifact
