@@ -217,6 +217,18 @@ class UnsafeWeightsError(StaclearnError, ValueError):
     """
 
 
+class WeightsChecksumError(ModelCardError):
+    """A model card's weights file does not match the SHA-256 its asset records (``file:checksum``).
+
+    Raised by :func:`staclearn.load_model` and :func:`staclearn.stac.modelcard.read_card`; the
+    message names the card, the asset href and both checksums. Fix: re-download the weights
+    (or the whole run folder), or re-export the card with :func:`staclearn.model_card`.
+    """
+
+
+__all__.insert(__all__.index("ModelCardError") + 1, "WeightsChecksumError")
+
+
 class StacValidationError(StaclearnError, ValueError):
     """A STAC object does not validate against its core or extension JSON schemas.
 
