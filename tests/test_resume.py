@@ -159,3 +159,72 @@ def test_sigkill_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
         assert torch.equal(resumed_w[k], v), k
     # and the run was not trivially short: the weights moved away from their initialisation
     assert load_training_state(straight / "state.safetensors").info["epoch"] == EPOCHS
+
+
+# run_landcover(resume=True) -----------------------------------------------------------------
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_landcover_run_resumes_to_the_uninterrupted_model(tmp_path, nc_catalog):
+    from safetensors.torch import load_file
+
+    from staclearn.errors import RunExistsError
+    from staclearn.workflows.landcover import LandCoverConfig, run_landcover
+
+    config = LandCoverConfig(
+        members=2, epochs=3, rf_estimators=0, vectorize=False, onnx=False, device="cpu", seed=3,
+    )  # fmt: skip
+    straight = run_landcover(nc_catalog, tmp_path / "straight", config, progress=False, log=lambda _: None)
+
+    out = tmp_path / "run"
+    epochs_seen: list[str] = []
+
+    def crash_in_member_2(line: str) -> None:
+        if line.startswith("epoch"):
+            epochs_seen.append(line)
+            if len(epochs_seen) == config.epochs + 1:  # member 2's first epoch is saved, then the run dies
+                raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        run_landcover(nc_catalog, out, config, progress=False, log=crash_in_member_2)
+    assert sorted(p.name for p in (out / "train_state").iterdir()) == ["member0.safetensors", "member1.safetensors", "run.json"]
+    assert not (out / "model" / "weights.safetensors").exists()
+    chips_before = (out / "chips" / "chips.parquet").stat().st_mtime_ns
+
+    # without resume the folder is refused; with other settings it cannot be resumed
+    with pytest.raises(RunExistsError, match="not empty"):
+        run_landcover(nc_catalog, out, config, progress=False, log=lambda _: None)
+    with pytest.raises(RunExistsError, match="lr differ"):
+        run_landcover(nc_catalog, out, LandCoverConfig(**{**config.__dict__, "lr": 1e-2}), progress=False, log=lambda _: None, resume=True)
+
+    lines: list[str] = []
+    resumed = run_landcover(nc_catalog, out, config, progress=False, log=lines.append, resume=True)
+    # member 1 is not retrained, member 2 trains its two missing epochs only; the chips are reused
+    assert [line.split()[1] for line in lines if line.startswith("epoch")] == ["2", "3"]
+    assert any("member 1: resuming after epoch 3 of 3 (finished)" in line for line in lines), lines
+    assert any("member 2: resuming after epoch 1 of 3" in line for line in lines), lines
+    assert any("(reused from the interrupted run)" in line for line in lines), lines
+    assert (out / "chips" / "chips.parquet").stat().st_mtime_ns == chips_before
+
+    a = load_file(str(straight.out_dir / "model" / "weights.safetensors"))
+    b = load_file(str(resumed.out_dir / "model" / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        assert torch.equal(v, b[k]), k
+    assert [(r.epoch, r.train_loss) for r in resumed.history] == [(r.epoch, r.train_loss) for r in straight.history]
+    assert resumed.metrics["test"]["model"].overall_accuracy == straight.metrics["test"]["model"].overall_accuracy
+
+
+def test_landcover_resume_refuses_a_folder_without_a_run(tmp_path, nc_catalog):
+    from staclearn.errors import RunExistsError
+    from staclearn.workflows.landcover import LandCoverConfig, run_landcover
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(RunExistsError, match="no interrupted land-cover run"):
+        run_landcover(nc_catalog, out, LandCoverConfig(members=1, epochs=1), progress=False, log=lambda _: None, resume=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

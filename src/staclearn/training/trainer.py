@@ -680,6 +680,8 @@ def train_ensemble(
     lr: float,
     fit_kwargs: Mapping[str, Any] | None = None,
     on_member: Callable[[int, Trainer], None] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    resume: bool = False,
     **trainer_kwargs: Any,
 ) -> tuple[nn.Module, list[Trainer]]:
     """Train ``members`` copies of a segmentation model from different seeds and average them.
@@ -701,6 +703,13 @@ def train_ensemble(
         lr: one-cycle peak learning rate.
         fit_kwargs: further :meth:`Trainer.fit` arguments (``weight_decay``, ``keep_best``...).
         on_member: called with ``(m, trainer)`` after member ``m`` is trained.
+        state_dir: folder where member ``m`` writes its full training state
+            (:mod:`staclearn.training.checkpoint`) after every epoch, as
+            ``member{m}.safetensors`` (``fit(state_path=...)``); ``None`` writes none.
+        resume: continue from the states in ``state_dir``: a member whose state file exists
+            resumes after its last saved epoch (``fit(resume_from=...)``; a finished member is
+            restored without training), the others train from the start. On the CPU the
+            result equals that of an uninterrupted run bit for bit.
         **trainer_kwargs: :class:`Trainer` arguments (``num_classes``, ``batch_size``,
             ``weights``, ``augment``, ``label_smoothing``, ``device``...).
 
@@ -709,19 +718,30 @@ def train_ensemble(
         best epoch).
 
     Raises:
-        ConfigError: ``members < 1`` or members of different specs; plus :class:`Trainer`'s.
+        ConfigError: ``members < 1``, members of different specs, or ``resume`` without
+            ``state_dir``; plus :class:`Trainer`'s.
+        CheckpointError: a member's state in ``state_dir`` was written for another model,
+            ``epochs``, ``lr`` or batches per epoch (see :meth:`Trainer.fit`).
     """
     from staclearn.models.segmentation import SegmentationEnsemble
 
     if members < 1:
         raise ConfigError(f"members must be >= 1, got {members}")
+    if resume and state_dir is None:
+        raise ConfigError("resume=True needs the state_dir the interrupted run wrote its training states to.")
     trainers: list[Trainer] = []
     for m in range(members):
         member_seed = seed * 1000 + m
         torch.manual_seed(member_seed)
         model = build(member_seed)
         trainer = Trainer(model, train, valid, seed=member_seed, **trainer_kwargs)
-        trainer.fit(epochs, lr, **dict(fit_kwargs or {}))
+        kwargs = dict(fit_kwargs or {})
+        if state_dir is not None:
+            state = Path(state_dir) / f"member{m}.safetensors"
+            kwargs["state_path"] = state
+            if resume and state.is_file():
+                kwargs["resume_from"] = state
+        trainer.fit(epochs, lr, **kwargs)
         trainers.append(trainer)
         if on_member is not None:
             on_member(m, trainer)

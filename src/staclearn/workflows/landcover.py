@@ -29,7 +29,7 @@ import pystac
 
 from staclearn.chips.pixel import ChipDataset, band_statistics, block_split, export_chips
 from staclearn.data.cube import load_cube, read_pixels, valid_mask
-from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError
+from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError, RunExistsError
 from staclearn.evaluation.metrics import ClassificationMetrics, compute_metrics, summary
 from staclearn.evaluation.baselines import random_forest_baseline
 from staclearn.evaluation.reports import write_evaluation
@@ -231,6 +231,95 @@ def split_label_items(items: Sequence[pystac.Item]) -> tuple[list[pystac.Item], 
     return imagery, labels
 
 
+#: sub-folder of the run folder holding what a resumed run needs: ``run.json`` (the settings
+#: of the run) and ``member{m}.safetensors`` (each member's training state after its last epoch)
+TRAIN_STATE_DIR = "train_state"
+
+# settings that do not change the chips or the trained model: a run may resume with others
+_RESUME_FREE = ("device", "predict_tile_size", "padding", "rf_estimators", "vectorize", "onnx", "min_mapping_unit_m2", "simplify_m")
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        import hashlib
+
+        return {"array": list(value.shape), "dtype": str(value.dtype), "sha256": hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()}
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
+
+
+def _run_settings(source: Any, config: LandCoverConfig, **search: Any) -> dict[str, Any]:
+    """What makes two land-cover runs the same run (JSON-ready): the source, the search and
+    every setting that shapes the chips or the model."""
+    from dataclasses import asdict
+
+    if isinstance(source, (str, os.PathLike)):
+        src: Any = os.fspath(source)
+        if Path(src).exists():
+            src = str(Path(src).resolve())
+    else:
+        src = [getattr(i, "id", repr(i)) for i in source] if isinstance(source, Sequence) else repr(source)
+    settings = {k: v for k, v in asdict(config).items() if k not in _RESUME_FREE}
+    return _json_ready({"source": src, **search, "config": settings})
+
+
+def _can_resume(out: Path, settings: dict[str, Any], *, overwrite: bool) -> bool:
+    """Whether ``out`` holds an interrupted run with these settings to continue.
+
+    Raises:
+        RunExistsError: ``out`` holds files but no land-cover run, or a run with other
+            settings (without ``overwrite``).
+    """
+    import json
+
+    if not out.is_dir() or not any(out.iterdir()):
+        return False  # nothing there yet: a fresh run
+    saved_path = out / TRAIN_STATE_DIR / "run.json"
+    if not saved_path.is_file():
+        if overwrite:
+            return False
+        raise RunExistsError(
+            f"Run folder {out} holds files but no interrupted land-cover run to resume ({saved_path} is missing): "
+            "choose another --out, or pass --overwrite (Python: overwrite=True) to replace it."
+        )
+    saved = json.loads(saved_path.read_text())
+    if saved == settings:
+        return True
+    if overwrite:
+        return False
+    config, old = settings.get("config", {}), saved.get("config", {})
+    diff = sorted({k for k in settings if k != "config" and settings.get(k) != saved.get(k)}
+                  | {k for k in set(config) | set(old) if config.get(k) != old.get(k)})  # fmt: skip
+    raise RunExistsError(
+        f"The run in {out} was started with other settings ({', '.join(diff)} differ), so it cannot be resumed "
+        "with these: pass the same settings, choose another --out, or pass --overwrite to replace it."
+    )
+
+
+def _complete_chips(chips: Path):  # -> geopandas.GeoDataFrame | None
+    """The chip index of a finished :func:`export_chips` in ``chips`` (its ``chips.parquet``
+    is written last, atomically, and every chip it lists exists), else ``None``."""
+    import geopandas as gpd
+
+    index_path = chips / "chips.parquet"
+    if not index_path.is_file():
+        return None
+    try:
+        index = gpd.read_parquet(index_path)
+    except Exception:  # noqa: BLE001 (an unreadable index is an incomplete export: written again)
+        return None
+    if not all((chips / p).is_file() for p in [*index["image"], *index["label"]]):
+        return None
+    return index
+
+
 def run_landcover(
     source: Any,
     out_dir: str | os.PathLike[str],
@@ -243,6 +332,7 @@ def run_landcover(
     progress: bool = True,
     log: Callable[[str], None] = print,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> LandCoverResult:
     """Run the land-cover workflow and publish its outputs into ``out_dir``.
 
@@ -252,8 +342,9 @@ def run_landcover(
         out_dir: run folder, created if needed. It receives ``class_map.tif`` (COG),
             ``evaluation.json`` + ``evaluation_confusion.png``, ``history.json``,
             ``baseline_rf.tif``, ``chips/`` (GeoTIFF chips + ``chips.parquet``),
-            ``model/weights.safetensors`` and a static STAC catalog (``catalog.json``, the
-            MLM card Item and the class-map Item).
+            ``model/weights.safetensors``, ``train_state/`` (the run's settings and each
+            member's training state, for ``resume``) and a static STAC catalog
+            (``catalog.json``, the MLM card Item and the class-map Item).
         config: the run settings.
         bbox: ``(west, south, east, north)`` degrees to search / crop.
         datetime: RFC 3339 interval for the search.
@@ -265,12 +356,22 @@ def run_landcover(
             non-empty folder is refused before anything is read; the folder itself is created
             only once the inputs have been read and split, so a run that fails on its inputs
             leaves nothing behind.
+        resume: continue the interrupted run in ``out_dir`` (one started with the same source,
+            search and chip / split / model / training settings, recorded in
+            ``train_state/run.json``): its chips are reused when their export finished, each
+            member continues from the training state it wrote after its last epoch
+            (``train_state/member{m}.safetensors``; finished members are not retrained), and
+            the steps after training run again. On the CPU the model equals that of an
+            uninterrupted run. An empty or missing ``out_dir`` starts a fresh run.
 
     Returns:
         A :class:`LandCoverResult`.
 
     Raises:
-        RunExistsError: ``out_dir`` holds files and ``overwrite`` is False.
+        RunExistsError: ``out_dir`` holds files and ``overwrite`` is False, unless ``resume``
+            is True and they are an interrupted run with the same settings.
+        CheckpointError: a member's training state cannot be resumed (see
+            :meth:`staclearn.training.trainer.Trainer.fit`).
         NoItemsFoundError: no imagery Item, or no label Item.
         AssetReadError: an imagery asset is truncated, corrupt or unreachable (named).
         EmptyDataError: the imagery is nodata everywhere.
@@ -279,7 +380,12 @@ def run_landcover(
         plus the errors of each step (see the step functions).
     """
     out = Path(out_dir)
-    check_run_folder(out, overwrite=overwrite)
+    settings = _run_settings(source, config, bbox=bbox, datetime=datetime, collections=collections)
+    resuming = resume and _can_resume(out, settings, overwrite=overwrite)
+    if not resuming:
+        check_run_folder(out, overwrite=overwrite)
+    else:
+        log(f"resuming the interrupted run in {out}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     items = open_items(source, bbox=bbox, datetime=datetime, collections=collections, modifier=modifier)
@@ -354,22 +460,32 @@ def run_landcover(
     )
     log("labelled pixels per part: " + ", ".join(f"{k} {sum(v.values())}" for k, v in split_record["counts"].items()))
     out.mkdir(parents=True, exist_ok=True)
-    if overwrite and (out / "chips").exists():
-        shutil.rmtree(out / "chips")  # a previous run's chips would mix with these
-    index = export_chips(
-        image,
-        labels,
-        split,
-        geobox,
-        out / "chips",
-        tile_size=config.tile_size,
-        stride=config.stride,
-        min_labelled=config.min_labelled,
-        nodata=nodata,
-        band_names=bands,
-    )
+    state_dir = out / TRAIN_STATE_DIR
+    if not resuming:
+        for old in ("chips", TRAIN_STATE_DIR):  # a previous run's chips or states would mix with these
+            if (out / old).exists():
+                shutil.rmtree(out / old)
+        write_json(state_dir / "run.json", settings)
+    index = _complete_chips(out / "chips") if resuming else None
+    reused = index is not None
+    if index is None:
+        if (out / "chips").exists():
+            shutil.rmtree(out / "chips")  # an interrupted export
+        index = export_chips(
+            image,
+            labels,
+            split,
+            geobox,
+            out / "chips",
+            tile_size=config.tile_size,
+            stride=config.stride,
+            min_labelled=config.min_labelled,
+            nodata=nodata,
+            band_names=bands,
+        )
     n_train, n_valid = int((index.split == "train").sum()), int((index.split == "valid").sum())
-    log(f"{n_train} training and {n_valid} validation chips of {config.tile_size} px in {out / 'chips'}")
+    log(f"{n_train} training and {n_valid} validation chips of {config.tile_size} px in {out / 'chips'}"
+        + (" (reused from the interrupted run)" if reused else ""))
     timings["prepare"] = time.perf_counter() - t0
 
     mean, std = band_statistics(out / "chips" / "chips.parquet", "train")
@@ -396,6 +512,15 @@ def run_landcover(
         )
 
     index_path = out / "chips" / "chips.parquet"
+    if resuming:
+        from staclearn.training.checkpoint import load_training_state
+
+        for m in range(config.members):
+            state = state_dir / f"member{m}.safetensors"
+            if state.is_file():
+                info = load_training_state(state).info
+                log(f"member {m + 1}: resuming after epoch {info['epoch']} of {info['epochs']}"
+                    + (" (finished)" if info["epoch"] >= info["epochs"] or info["stopped"] else ""))
     t1 = time.perf_counter()
     model, trainers = train_ensemble(
         build,
@@ -415,6 +540,8 @@ def run_landcover(
             ),
         },
         on_member=(lambda m, _t: log(f"member {m + 1} of {config.members} trained")) if config.members > 1 else None,
+        state_dir=state_dir,
+        resume=resuming,
         num_classes=len(classes),
         batch_size=config.batch_size,
         weights=config.class_weights,
