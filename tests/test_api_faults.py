@@ -109,9 +109,18 @@ def test_api_that_always_fails_raises_a_named_error_with_the_status(flaky):
 
 def test_api_404_is_not_retried_and_reads_as_not_found(flaky):
     url, state = flaky(10_000, 404)
-    with pytest.raises(CatalogNotFoundError, match="HTTP 404"):
+    with pytest.raises(CatalogNotFoundError, match="HTTP 404") as info:
         open_items(url, retries=3, backoff=0.01)
     assert state["requests"] == 1
+    assert info.value.status_code == 404 and info.value.url == url  # the HTTP status is kept
+
+
+@pytest.mark.parametrize("status", [404, 503])
+def test_static_catalog_url_that_fails_keeps_the_status(flaky, status):
+    url, _ = flaky(10_000, status)
+    with pytest.raises(CatalogNotFoundError, match=f"HTTP {status}") as info:
+        open_items(url + "catalog.json")
+    assert info.value.status_code == status and info.value.url == url + "catalog.json"
 
 
 def test_unreachable_api_is_a_named_error():

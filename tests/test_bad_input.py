@@ -194,3 +194,65 @@ def test_card_whose_weights_are_gone_is_a_named_error(tmp_path):
     with pytest.raises(WeightsNotFoundError, match="'tiny'.*weights.safetensors.*copy the weights") as info:
         load_model(tmp_path / "card.json")
     assert isinstance(info.value, FileNotFoundError)
+
+
+# --- Ctrl-C / SIGTERM: one line saying how to resume, exit 130 / 143 --------------------------
+
+_SLOW_STEP = """
+import sys, time
+import {module} as target
+
+def slow(*args, **kwargs):
+    print("ready", flush=True)
+    time.sleep(120)
+
+setattr(target, {name!r}, slow)  # the command imports the step when it runs: it finds this one
+from staclearn.cli import app
+
+sys.argv = ["staclearn", *{argv!r}]
+app()
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "module", "name", "sig", "code", "hint"),
+    [
+        (["predict", "--model", "card.json", "--catalog", "catalog.json", "--out", "out"], "staclearn.stac.modelcard",
+         "read_card", "SIGINT", 130, "run the same command again to resume"),
+        (["landcover", "run", "--out", "run"], "staclearn.workflows.landcover", "run_landcover", "SIGTERM", 143,
+         "staclearn landcover run --out run --resume"),
+        (["damage", "run", "--out", "run"], "staclearn.workflows.damage", "run_damage", "SIGTERM", 143,
+         "staclearn damage run --out run --overwrite"),
+        (["change", "run", "--out", "run"], "staclearn.workflows.change", "run_change", "SIGINT", 130,
+         "staclearn change run --out run --overwrite"),
+    ],
+    ids=["predict-int", "landcover-term", "damage-term", "change-int"],  # each command, each signal: ~45 s each
+)  # fmt: skip
+def test_interrupted_command_says_how_to_resume(tmp_path, argv, module, name, sig, code, hint):
+    """A real process, a real signal: the step it runs is replaced by one that waits, so the
+    signal arrives where a long run spends its time (inside the step)."""
+    import select
+    import signal
+    import time
+
+    script = _SLOW_STEP.format(module=module, name=name, argv=argv)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240  # imports torch on 2 loaded cores
+        line = ""
+        while time.monotonic() < deadline and proc.poll() is None:
+            ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+            if ready:
+                line = proc.stdout.readline()
+                if line.strip() == "ready":
+                    break
+        assert line.strip() == "ready", proc.stderr.read() if proc.poll() is not None else "no 'ready' in time"
+        proc.send_signal(getattr(signal, sig))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted") and hint in lines[0], err

@@ -14,7 +14,9 @@ from conftest import make_item
 from staclearn.data.cube import load_cube
 from staclearn.errors import (
     AssetNotFoundError,
+    AssetReadError,
     CatalogNotFoundError,
+    ConfigError,
     LabelError,
     NoItemsFoundError,
     NoOverlapError,
@@ -80,6 +82,16 @@ def test_search_errors_are_named(catalog, tmp_path):
         open_items(tmp_path / "missing.json")
     with pytest.raises(LookupError):
         open_items(path, datetime="1999-01-01/1999-12-31")
+    # arguments and paths that used to escape as ValueError / IsADirectoryError
+    for kwargs in ({"bbox": [1, 2, 3]}, {"bbox": ["a", 1, 2, 3]}, {"datetime": "a/b/c"}, {"datetime": "June"}):
+        with pytest.raises(ConfigError):
+            open_items(path, **kwargs)
+    with pytest.raises(CatalogNotFoundError, match="is a folder; pass .*catalog.json"):
+        open_items(path.parent)
+    not_stac = tmp_path / "list.json"
+    not_stac.write_text("[1, 2]")
+    with pytest.raises(StaclearnError):
+        open_items(not_stac)
 
 
 def test_cube_and_band_errors(catalog):
@@ -93,6 +105,22 @@ def test_cube_and_band_errors(catalog):
         load_cube(items[:1], bands=["b9"])
     with pytest.raises(NoOverlapError):
         load_cube(items[:1], bbox=[10, 10, 11, 11])
+    bad_arguments = (
+        {"engine": "gdal"}, {"bbox": [1, 2, 3]}, {"crs": "EPSG:999999"}, {"crs": "nonsense"}, {"resolution": 0},
+        {"dtype": "floatish"}, {"resampling": "nope"}, {"chunks": {"x": 0, "y": 64}},
+        {"engine": "stackstac", "crs": "nonsense"},
+    )
+    for kwargs in bad_arguments:
+        with pytest.raises(ConfigError):
+            load_cube(items[:1], **kwargs)
+    with pytest.raises(ConfigError, match="pystac.Item"):
+        load_cube(["scene-0.json"])
+    bare = items[0].clone()  # no proj: metadata and no crs / resolution: odc-stac cannot guess a grid
+    for d in (bare.properties, *(a.extra_fields for a in bare.assets.values())):
+        for k in [k for k in d if k.startswith("proj:")]:
+            del d[k]
+    with pytest.raises(ConfigError, match="crs= and resolution="):
+        load_cube([bare])
     assert isinstance(AssetNotFoundError("x"), StaclearnError)
 
 
@@ -138,6 +166,18 @@ def test_label_raster_errors(tmp_path):
         load_label_raster(far, target, asset="mask")
     with pytest.raises(LabelError, match="declares no classes"):
         load_label_raster(make_item(tmp_path, "nocls", np.ones((1, 40, 50), np.float32), crs=UTM, transform=T, asset="labels"), target, asset="labels")
+    bad = make_item(tmp_path, "badcls", np.ones((1, 40, 50), np.float32), crs=UTM, transform=T, asset="labels")
+    bad.assets["labels"].extra_fields["classification:classes"] = [{"name": "no value"}]
+    with pytest.raises(LabelError, match="malformed 'classification:classes'"):
+        load_label_raster(bad, target, asset="labels")
+    # a truncated label raster: a named AssetReadError (Item, asset, href), not a rasterio traceback
+    cut = make_item(tmp_path, "cut", np.ones((1, 400, 500), np.float32), crs=UTM, transform=Affine(3, 0, 600000, 0, -3, 4000000), asset="labels")
+    cut.assets["labels"].extra_fields["classification:classes"] = [{"value": 1, "name": "a"}]
+    tif = tmp_path / "cut.tif"
+    tif.write_bytes(tif.read_bytes()[: tif.stat().st_size // 3])
+    with pytest.raises(AssetReadError) as info:
+        load_label_raster(cut, target, asset="labels")
+    assert info.value.item_id == "cut" and info.value.asset == "labels" and info.value.href.endswith("cut.tif")
 
 
 def test_rasterize_vector_labels_in_another_crs():
@@ -159,6 +199,10 @@ def test_rasterize_vector_labels_in_another_crs():
         rasterize_labels(polys, target, class_field="class_name", classes=classes)
     with pytest.raises(LabelError, match="'water'"):
         rasterize_labels(polys, target, class_field="label", classes=classes[:1])
+    with pytest.raises(LabelError, match="Cannot read vector labels"):
+        rasterize_labels("/nonexistent/labels.geojson", target, class_field="label", classes=classes)
+    with pytest.raises(LabelError, match="no CRS"):
+        rasterize_labels(polys.set_crs(None, allow_override=True), target, class_field="label", classes=classes)
 
 
 def test_stackstac_engine_matches_odc(tmp_path):

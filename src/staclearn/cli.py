@@ -3,11 +3,19 @@
 Units: tile sizes, strides, padding and block sizes are in *pixels of the imagery cube*;
 bbox is (west, south, east, north) in WGS84 degrees; datetime is an RFC 3339 instant or
 ``start/end`` interval.
+
+Importing this module imports typer and staclearn's errors only: every command imports the
+steps it runs (torch, odc-stac, rasterio...) when it is called, so ``staclearn --help`` and
+argument errors answer at once. The long commands (``predict``, ``landcover run``,
+``damage run``, ``change run``) stop on Ctrl-C (SIGINT) or SIGTERM with one line saying how to
+resume, and exit 130 / 143 (128 + the signal number, as a shell reports them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -62,6 +70,45 @@ def _modifier(name: Optional[str]):
 def _fail(err: StaclearnError) -> None:
     typer.secho(f"error: {type(err).__name__}: {err}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (so that the code that
+    cleans up on Ctrl-C, e.g. DataLoader workers and temporary files, runs for it too)."""
+
+
+def _command_line(extra: str | None = None) -> str:
+    """The command as typed (``staclearn`` + its arguments), with ``extra`` appended once."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:]
+    if extra is not None and extra not in args:
+        args = [*args, extra]
+    return "staclearn " + shlex.join(args)
+
+
+@contextlib.contextmanager
+def _resumable(how: str) -> Iterator[None]:
+    """Turn Ctrl-C (SIGINT) and SIGTERM during a long command into one line on stderr saying
+    how to resume (``how``) and exit code 130 / 143."""
+    import signal
+    import threading
+
+    def on_term(signum: int, frame: object) -> None:
+        raise _Terminated()
+
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        code = 143 if isinstance(err, _Terminated) else 130
+        typer.secho(f"interrupted ({'SIGTERM' if code == 143 else 'Ctrl-C'}): {how}", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(code=code) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -129,6 +176,7 @@ def landcover_run(
     modifier: Annotated[Optional[str], typer.Option(help="'planetary-computer' signs asset hrefs")] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     overwrite: Annotated[bool, typer.Option(help="write into a non-empty --out (replaces that run)")] = False,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run in the same --out from its last training checkpoint")] = False,
     vectorize: Annotated[bool, typer.Option(help="also publish the class map as polygons (polygons.parquet)")] = True,
     min_mapping_unit_m2: Annotated[float, typer.Option(help="polygons: regions smaller than this (m2) merge into a neighbour")] = 0.0,
     simplify_m: Annotated[Optional[float], typer.Option(help="polygons: simplification tolerance, metres")] = None,
@@ -142,7 +190,22 @@ def landcover_run(
     chips/ (GeoTIFF chips + chips.parquet index), model/weights.safetensors (+ weights.onnx),
     polygons.parquet and catalog.json with the MLM model-card Item, the class-map Item and
     the polygons Item.
+
+    Interrupted (Ctrl-C / SIGTERM), it says how to continue: the same command with --resume.
     """
+    with _resumable(f"continue from the last training checkpoint with: {_command_line('--resume')}"):
+        _landcover_run(**locals())
+
+
+def _landcover_run(
+    catalog: str, out: Path, bands: Optional[list[str]], label_asset: str, bbox: Optional[str], datetime: Optional[str],
+    tile_size: int, stride: int, min_labelled: float, test_regions: Optional[str], test_bbox: Optional[list[str]],
+    test_fraction: float, block_size: int, valid_fraction: float, split_seed: int, architecture: str, encoder: str,
+    encoder_weights: Optional[str], members: int, epochs: int, lr: float, batch_size: int, predict_tile_size: int,
+    padding: int, rf_estimators: int, seed: int, device: str, engine: str, modifier: Optional[str], progress: bool,
+    overwrite: bool, resume: bool, vectorize: bool, min_mapping_unit_m2: float, simplify_m: Optional[float],
+) -> None:
+    """The body of ``staclearn landcover run`` (same arguments)."""
     from staclearn.workflows.landcover import LandCoverConfig, run_landcover
 
     config = LandCoverConfig(
@@ -181,7 +244,7 @@ def landcover_run(
     try:
         result = run_landcover(
             catalog, out, config, bbox=_bbox(bbox), datetime=datetime, modifier=_modifier(modifier), progress=progress,
-            overwrite=overwrite,
+            overwrite=overwrite, resume=resume,
         )
     except StaclearnError as err:
         _fail(err)
@@ -214,10 +277,25 @@ def damage_run(
     batch_size: Annotated[int, typer.Option(help="chips per batch")] = 32,
     seed: Annotated[int, typer.Option(help="training seed (initialisation, shuffling, augmentation)")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="write into a non-empty --out (replaces that run)")] = False,
 ) -> None:
     """Train a classifier on chips around each footprint with whole test tiles held out (scored
     only) and validation tiles picking the epoch; classify the test and validation buildings
-    (class + confidence), report test and validation figures apart and publish card + Item."""
+    (class + confidence), report test and validation figures apart and publish card + Item.
+
+    Interrupted (Ctrl-C / SIGTERM), it says how to start again: the same command with
+    --overwrite (the run has no checkpoint to resume from)."""
+    with _resumable(f"{out} holds a partial run; start it again with: {_command_line('--overwrite')}"):
+        _damage_run(**locals())
+
+
+def _damage_run(
+    catalog: str, out: Path, tiles: Optional[list[str]], test_tiles: Optional[list[str]], test_regions: Optional[str],
+    test_fraction: float, valid_tiles: Optional[list[str]], valid_fraction: float, split_seed: int, classvalue_field: str,
+    class_map: str, chip_size: int, buffer_m: float, stack_pre: bool, mask_outside: Optional[float], model_name: str,
+    epochs: int, patience: Optional[int], lr: float, batch_size: int, seed: int, device: str, overwrite: bool,
+) -> None:
+    """The body of ``staclearn damage run`` (same arguments)."""
     from staclearn.workflows.damage import DamageConfig, run_damage
 
     config = DamageConfig(
@@ -242,7 +320,7 @@ def damage_run(
         device=device,
     )
     try:
-        result = run_damage(catalog, out, config, tiles=tiles)
+        result = run_damage(catalog, out, config, tiles=tiles, overwrite=overwrite)
     except StaclearnError as err:
         _fail(err)
     pos = result.classes[-1].name
@@ -282,13 +360,30 @@ def change_run(
     standardize: Annotated[Optional[bool], typer.Option(help="z-score each date by its own band statistics (default: the benchmarked setting)")] = None,
     seed: Annotated[int, typer.Option(help="training seed (initialisation, shuffling, augmentation); not the split's")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="write into a non-empty --out (replaces that run)")] = False,
 ) -> None:
     """Train a change model on training cities, choose its epoch on validation cities, evaluate
     it (with a CVA baseline) on test cities, and publish the MLM card and one change-mask Item
     per test city. Whole cities: test cities (--test-city / --test-item, else drawn with
     --split-seed) are used for nothing but the final figures; validation cities (--valid-city,
     else drawn from the rest) choose the epoch and the decision threshold and are reported
-    apart; the others train."""
+    apart; the others train.
+
+    Interrupted (Ctrl-C / SIGTERM), it says how to start again: the same command with
+    --overwrite (the run has no checkpoint to resume from)."""
+    with _resumable(f"{out} holds a partial run; start it again with: {_command_line('--overwrite')}"):
+        _change_run(**locals())
+
+
+def _change_run(
+    catalog: str, out: Path, test_cities: Optional[list[str]], test_items: Optional[list[str]],
+    valid_cities: Optional[list[str]], split_seed: int, test_fraction: float, test_count: Optional[int],
+    valid_fraction: float, valid_count: Optional[int], bands: Optional[list[str]], city_property: str, fusion: str,
+    encoder: str, tile_size: int, stride: int, epochs: int, lr: float, batch_size: int, dice: float, probability: bool,
+    patience: Optional[int], threshold: Optional[float], architecture: Optional[str], standardize: Optional[bool],
+    seed: int, device: str, overwrite: bool,
+) -> None:
+    """The body of ``staclearn change run`` (same arguments)."""
     from staclearn.workflows.change import S2_10M_20M, ChangeConfig, run_change
 
     try:
@@ -301,7 +396,7 @@ def change_run(
             batch_size=batch_size, dice=dice, probability=probability, patience=patience, seed=seed, device=device,
             threshold=threshold, **recipe,
         )
-        result = run_change(catalog, out, config)
+        result = run_change(catalog, out, config, overwrite=overwrite)
     except StaclearnError as err:
         _fail(err)
     for part, per_city, pooled in (("validation", result.valid_metrics, result.valid_pooled), ("test", result.test_metrics, result.test_pooled)):
@@ -332,7 +427,9 @@ def change_predict(
     (before, after), both dates on one GeoBox; publish it as a change-mask Item. The mask is
     p(change) >= the card's threshold (chosen on validation cities), or --threshold."""
 
-    from staclearn.workflows.change import change_mask_item, load_pair, predict_change
+    from staclearn.stac.change import change_mask_item
+    from staclearn.data.pairs import load_pair
+    from staclearn.inference.change import predict_change
     from staclearn.errors import ConfigError
     from staclearn.workflows.landcover import split_label_items
     from staclearn.stac.modelcard import load_model, read_card
@@ -395,7 +492,20 @@ def predict(
     Streams tiles from the lazy cube to the COG (memory does not grow with the raster); an
     interrupted run resumes where it stopped when called again with the same arguments. The
     model runs in ONNX Runtime when the card has an ONNX asset and onnxruntime is installed
-    (--engine auto), else in PyTorch; the engine used is printed."""
+    (--engine auto), else in PyTorch; the engine used is printed. Interrupted (Ctrl-C /
+    SIGTERM), it says so: the same command again resumes."""
+    if tile_size != "auto" and not tile_size.isdigit():
+        raise typer.BadParameter("--tile-size is a number of pixels or 'auto'")
+    with _resumable(f"run the same command again to resume (finished tiles are kept): {_command_line()}"):
+        _predict(**locals())
+
+
+def _predict(
+    model: str, catalog: str, out: Path, bbox: Optional[str], datetime: Optional[str], tile_size: str, padding: int,
+    batch_size: int, blend: str, tta: bool, probabilities: bool, device: str, engine: str, memory_budget_mb: float,
+    modifier: Optional[str],
+) -> None:
+    """The body of ``staclearn predict`` (same arguments)."""
     import pystac
     import rioxarray
 
@@ -409,8 +519,6 @@ def predict(
 
     from staclearn.training.device import resolve_device
 
-    if tile_size != "auto" and not tile_size.isdigit():
-        raise typer.BadParameter("--tile-size is a number of pixels or 'auto'")
     try:
         card = read_card(model)
         net = load_model(card, engine=engine, device=resolve_device(device).type)

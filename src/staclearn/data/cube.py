@@ -17,8 +17,8 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from staclearn.errors import AssetNotFoundError, AssetReadError, NoItemsFoundError, NoOverlapError
-from staclearn.data.search import bbox_intersects
+from staclearn.data.search import _check_bbox, bbox_intersects
+from staclearn.errors import AssetNotFoundError, AssetReadError, ConfigError, NoItemsFoundError, NoOverlapError
 
 __all__ = ["load_cube", "band_names", "valid_mask", "read_pixels", "find_unreadable_asset"]
 
@@ -116,16 +116,59 @@ def load_cube(
         AssetNotFoundError: a requested band is not in the Items (message lists the bands
             there are).
         NoOverlapError: the bbox or GeoBox does not intersect the Items.
+        ConfigError: an argument is invalid (engine, bbox, crs, resolution, dtype, resampling,
+            chunks, or not STAC Items), or the Items carry no ``proj:`` metadata and no
+            ``crs`` / ``resolution`` was given.
     """
     items = list(items)
     if not items:
         raise NoItemsFoundError("load_cube() got no STAC Items; check the search returned some.")
     chunks = chunks or {"x": 2048, "y": 2048}
+    _check_arguments(items, engine, bbox, crs, resolution, dtype, resampling, chunks)
     if engine == "odc":
         return _load_odc(items, bands, crs, resolution, bbox, geobox, chunks, dtype, resampling)
-    if engine == "stackstac":
-        return _load_stackstac(items, bands, crs, resolution, bbox, geobox, chunks, dtype, resampling)
-    raise ValueError(f"engine must be 'odc' or 'stackstac', got {engine!r}")
+    return _load_stackstac(items, bands, crs, resolution, bbox, geobox, chunks, dtype, resampling)
+
+
+def _check_arguments(
+    items: list[Any],
+    engine: str,
+    bbox: Sequence[float] | None,
+    crs: str | int | None,
+    resolution: float | None,
+    dtype: str | None,
+    resampling: str,
+    chunks: dict[str, int],
+) -> None:
+    """Raise :class:`~staclearn.errors.ConfigError` on an argument the loaders would fail on
+    (with a library traceback) or, worse, only once the lazy cube is computed."""
+    from rasterio.enums import Resampling
+
+    if engine not in ("odc", "stackstac"):
+        raise ConfigError(f"engine must be 'odc' or 'stackstac', got {engine!r}")
+    wrong = [type(i).__name__ for i in items if not isinstance(i, pystac.Item)]
+    if wrong:
+        raise ConfigError(f"load_cube() takes pystac.Item objects, got {sorted(set(wrong))}; open them with open_items().")
+    _check_bbox(bbox)
+    if crs is not None:
+        from odc.geo.crs import CRS
+
+        try:
+            CRS(f"EPSG:{crs}" if isinstance(crs, int) else crs)
+        except Exception as err:  # noqa: BLE001 - pyproj's CRSError and friends
+            raise ConfigError(f"crs {crs!r} is not a CRS pyproj knows ({err}); pass e.g. 'EPSG:32617' or 32617.") from err
+    if resolution is not None and not resolution > 0:
+        raise ConfigError(f"resolution must be a positive pixel size in CRS units, got {resolution!r}")
+    if dtype is not None:
+        try:
+            np.dtype(dtype)
+        except TypeError as err:
+            raise ConfigError(f"dtype {dtype!r} is not a numpy dtype; pass e.g. 'float32', 'uint16' or None.") from err
+    if not isinstance(resampling, str) or resampling.lower() not in Resampling.__members__:
+        raise ConfigError(f"resampling {resampling!r} is not one of {sorted(Resampling.__members__)}")
+    bad = {k: v for k, v in chunks.items() if not isinstance(v, int) or v <= 0}
+    if bad:
+        raise ConfigError(f"chunks must be positive pixel counts, got {bad}")
 
 
 def _check_bands(items: list[pystac.Item], bands: Sequence[str] | None) -> None:
@@ -185,14 +228,20 @@ def _load_odc(
             kw["resolution"] = resolution
         if bbox is not None:
             kw["bbox"] = tuple(bbox)
-    ds = odc.stac.load(
-        items,
-        bands=list(bands) if bands is not None else None,
-        chunks=chunks,
-        dtype=dtype,
-        resampling=resampling,
-        **kw,
-    )
+    try:
+        ds = odc.stac.load(
+            items,
+            bands=list(bands) if bands is not None else None,
+            chunks=chunks,
+            dtype=dtype,
+            resampling=resampling,
+            **kw,
+        )
+    except ValueError as err:  # e.g. "Failed to auto-guess CRS/resolution."
+        raise ConfigError(
+            f"odc-stac cannot load Items {[i.id for i in items][:5]}: {str(err).rstrip('.')}. Items without proj: metadata "
+            "need crs= and resolution= (or geobox=)."
+        ) from err
     ds = yx_dims(ds)
     names = list(ds.data_vars)
     nodata = ds[names[0]].attrs.get("nodata")
@@ -235,7 +284,10 @@ def _load_stackstac(
         kw["snap_bounds"] = False
     else:
         if crs is not None:
-            kw["epsg"] = int(str(crs).split(":")[-1])
+            code = str(crs).split(":")[-1]
+            if not code.isdigit():
+                raise ConfigError(f"engine='stackstac' needs crs as an EPSG code ('EPSG:32617' or 32617), got {crs!r}")
+            kw["epsg"] = int(code)
         if resolution is not None:
             kw["resolution"] = resolution
         if bbox is not None:
@@ -271,6 +323,11 @@ def _load_stackstac(
         raise AssetNotFoundError(
             f"Asset {err} not found in Items {[i.id for i in items]}; stackstac loads one band per "
             "asset, so pass asset keys as bands (or use engine='odc' for multi-band assets)."
+        ) from err
+    except ValueError as err:  # e.g. no proj:epsg / resolution to derive the grid from
+        raise ConfigError(
+            f"stackstac cannot load Items {[i.id for i in items][:5]}: {err}. Pass crs= (EPSG code) and "
+            "resolution= (or geobox=), or use engine='odc'."
         ) from err
     epsg = int(arr.coords["epsg"].values) if "epsg" in arr.coords else kw.get("epsg")
     arr = arr.drop_vars([c for c in arr.coords if c not in DIMS])

@@ -19,8 +19,8 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from staclearn.data.cube import yx_dims
-from staclearn.errors import AssetNotFoundError, LabelError, NoOverlapError
+from staclearn.data.cube import find_unreadable_asset, yx_dims
+from staclearn.errors import AssetNotFoundError, AssetReadError, LabelError, NoOverlapError
 
 __all__ = [
     "IGNORE_INDEX",
@@ -87,20 +87,13 @@ def classes_from_item(item: pystac.Item, asset: str | None = None) -> list[Class
     for src in sources:
         raw = src.get("classification:classes")
         if raw:
-            return sorted(
-                (
-                    ClassInfo(
-                        value=int(c["value"]),
-                        # classification v1.0 Items (e.g. Planetary Computer's chesapeake-lc-*)
-                        # have no name but a description, and spell the colour "color-hint"
-                        name=str(c.get("name") or c.get("title") or c.get("description") or c["value"]),
-                        color_hint=c.get("color_hint") or c.get("color-hint"),
-                        description=c.get("description"),
-                    )
-                    for c in raw
-                ),
-                key=lambda c: c.value,
-            )
+            try:
+                return _parse_classes(raw)
+            except (KeyError, TypeError, ValueError) as err:
+                raise LabelError(
+                    f"Label Item {item.id!r} has malformed 'classification:classes' ({type(err).__name__}: {err}); "
+                    "every class needs an integer 'value' (and a 'name' or 'description')."
+                ) from err
     for lc in item.properties.get("label:classes") or []:
         names = [n for n in lc.get("classes", []) if isinstance(n, str)]
         if names:
@@ -108,6 +101,24 @@ def classes_from_item(item: pystac.Item, asset: str | None = None) -> list[Class
     raise LabelError(
         f"Label Item {item.id!r} declares no classes: add 'classification:classes' to asset "
         f"{asset!r} (STAC classification extension) or pass the classes explicitly."
+    )
+
+
+def _parse_classes(raw: Sequence[Mapping[str, Any]]) -> list[ClassInfo]:
+    """``classification:classes`` entries as :class:`ClassInfo`, sorted by value."""
+    return sorted(
+        (
+            ClassInfo(
+                value=int(c["value"]),
+                # classification v1.0 Items (e.g. Planetary Computer's chesapeake-lc-*)
+                # have no name but a description, and spell the colour "color-hint"
+                name=str(c.get("name") or c.get("title") or c.get("description") or c["value"]),
+                color_hint=c.get("color_hint") or c.get("color-hint"),
+                description=c.get("description"),
+            )
+            for c in raw
+        ),
+        key=lambda c: c.value,
     )
 
 
@@ -154,7 +165,15 @@ def indices_to_values(
 
     Returns:
         uint8 array of class values, ``nodata`` where ignored.
+
+    Raises:
+        LabelError: more than 255 classes, or a class value outside 0..255 (not uint8).
     """
+    bad = [c.value for c in classes if not 0 <= int(c.value) <= 255]
+    if len(classes) > 255 or bad:
+        raise LabelError(
+            f"Class values must fit uint8 (0..255, at most 255 classes); got {len(classes)} classes, values out of range {bad[:10]}."
+        )
     lut = np.full(256, nodata, dtype=np.uint8)
     lut[: len(classes)] = [c.value for c in classes]
     lut[ignore_index] = nodata
@@ -197,6 +216,8 @@ def load_label_raster(
 
     Raises:
         AssetNotFoundError: the Item has no asset ``asset``.
+        AssetReadError: the label raster cannot be read (truncated, HTTP 404 / 403); names
+            the Item, asset and href.
         NoOverlapError: the label raster does not overlap the GeoBox, or no labelled pixel
             falls on it.
         LabelError: no classes are declared and none were given.
@@ -215,7 +236,18 @@ def load_label_raster(
             "that covers the imagery."
         )
     classes = list(classes) if classes is not None else classes_from_item(item, asset)
-    ds = odc.stac.load([item], bands=[asset], geobox=geobox, resampling="nearest", dtype="float32")
+    from rasterio.errors import RasterioError
+
+    try:
+        ds = odc.stac.load([item], bands=[asset], geobox=geobox, resampling="nearest", dtype="float32")
+    except (RasterioError, OSError) as err:  # odc-stac's "Chunk and warp failed" names no file
+        named = find_unreadable_asset([item])
+        if named is None:
+            raise AssetReadError(
+                f"Label asset {asset!r} of Item {item.id!r} cannot be read: {err}.",
+                item_id=item.id, asset=asset, href=item.assets[asset].get_absolute_href() or item.assets[asset].href,
+            ) from err
+        raise named from err
     ds = yx_dims(ds)
     raw = ds[asset].isel(time=0).values
     nodata = ds[asset].attrs.get("nodata")
@@ -262,13 +294,23 @@ def rasterize_labels(
         ``(y, x)`` uint8 DataArray of class indices, ``attrs["classes"]`` as given.
 
     Raises:
-        LabelError: ``class_field`` is missing, or holds values matching no class (named).
+        LabelError: the file cannot be read, has no CRS, ``class_field`` is missing, or holds
+            values matching no class (named).
         NoOverlapError: no polygon falls on the GeoBox.
     """
     import geopandas as gpd
     from rasterio.features import rasterize
 
-    gdf = vector if isinstance(vector, gpd.GeoDataFrame) else gpd.read_file(os.fspath(vector))
+    if isinstance(vector, gpd.GeoDataFrame):
+        gdf = vector
+    else:
+        try:
+            gdf = gpd.read_file(os.fspath(vector))
+        except Exception as err:  # noqa: BLE001 - pyogrio / fiona / pyarrow raise many kinds
+            raise LabelError(
+                f"Cannot read vector labels from {os.fspath(vector)!r} ({type(err).__name__}: {err}); pass a file "
+                "geopandas reads (GeoJSON, GeoParquet, GeoPackage, Shapefile) or a GeoDataFrame."
+            ) from err
     if class_field not in gdf.columns:
         raise LabelError(
             f"Class field {class_field!r} not in the vector labels; columns are "
@@ -290,6 +332,8 @@ def rasterize_labels(
             f"Values {unknown} of class field {class_field!r} match no class "
             f"(values {[c.value for c in classes]}, names {[c.name for c in classes]})."
         )
+    if gdf.crs is None:
+        raise LabelError("The vector labels have no CRS; set one (e.g. gdf.set_crs('EPSG:4326')) so they can be aligned.")
     gdf = gdf[~gdf.geometry.is_empty & gdf.geometry.notna()].to_crs(geobox.crs.to_wkt())
     shapes = ((geom, lookup[v]) for geom, v in zip(gdf.geometry, gdf[class_field], strict=True))
     out = rasterize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime as _dt
 from datetime import timezone
@@ -19,7 +20,14 @@ from typing import Any
 import pystac
 from pystac.utils import str_to_datetime
 
-from staclearn.errors import CatalogNotFoundError, MalformedStacError, NoItemsFoundError, StacApiError, StaclearnError
+from staclearn.errors import (
+    CatalogNotFoundError,
+    ConfigError,
+    MalformedStacError,
+    NoItemsFoundError,
+    StacApiError,
+    StaclearnError,
+)
 from staclearn._io import is_url
 
 __all__ = ["open_items", "item_time_range", "bbox_intersects", "api_retry", "RETRY_STATUSES"]
@@ -60,20 +68,60 @@ def api_retry(retries: int = 4, backoff: float = 0.5):  # -> urllib3.util.retry.
     )
 
 
+def _http_status(err: BaseException | None) -> int | None:
+    """The HTTP status behind an exception (its own, or one in its cause / context chain):
+    pystac-client's ``APIError.status_code``, urllib's ``HTTPError.code``, requests'
+    ``response.status_code``; ``None`` when no HTTP answer came."""
+    seen = 0
+    while err is not None and seen < 6:
+        for value in (
+            getattr(err, "status_code", None),
+            getattr(err, "code", None),
+            getattr(getattr(err, "response", None), "status_code", None),
+        ):
+            if isinstance(value, int) and 100 <= value < 600:
+                return value
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+def _unreadable_url(url: str, err: BaseException) -> CatalogNotFoundError:
+    status = _http_status(err)
+    answer = f"HTTP {status}" if status is not None else type(err).__name__
+    return CatalogNotFoundError(
+        f"STAC file {url!r} cannot be read ({answer}: {str(err)[:200]}). Check the URL, your network "
+        "and, for signed hrefs, the token.",
+        url=url,
+        status_code=status,
+    )
 
 
 def _read_json(source: str) -> dict[str, Any]:
     if is_url(source):
-        return pystac.StacIO.default().read_json(source)
+        try:
+            return pystac.StacIO.default().read_json(source)
+        except json.JSONDecodeError as err:
+            raise MalformedStacError(f"{source!r} is not JSON ({err}); expected a STAC catalog, collection, "
+                                     "Item or ItemCollection file.") from err
+        except Exception as err:  # noqa: BLE001 - urllib / urllib3 / requests failures alike
+            raise _unreadable_url(source, err) from err
     path = Path(source).expanduser()
     if not path.exists():
         raise CatalogNotFoundError(
             f"STAC source {source!r} does not exist. Pass the path of a catalog.json, "
             "collection.json or ItemCollection (.json/.geojson) file, or the URL of a STAC API."
         )
+    if path.is_dir():
+        inside = [n for n in ("catalog.json", "collection.json") if (path / n).exists()]
+        raise CatalogNotFoundError(
+            f"STAC source {source!r} is a folder; pass "
+            + (f"{str(path / inside[0])!r}." if inside else "the path of its catalog.json or ItemCollection file.")
+        )
     try:
         with path.open(encoding="utf-8") as f:
             return json.load(f)
+    except (OSError, UnicodeDecodeError) as err:
+        raise CatalogNotFoundError(f"STAC source {source!r} cannot be read ({err}); check its permissions.") from err
     except json.JSONDecodeError as err:
         raise MalformedStacError(
             f"{source!r} is not JSON ({err}); expected a STAC catalog, collection, Item or "
@@ -86,14 +134,20 @@ def _parse_datetime_range(datetime: str | None) -> tuple[_dt | None, _dt | None]
         return None, None
     parts = datetime.split("/") if "/" in datetime else [datetime, datetime]
     if len(parts) != 2:
-        raise ValueError(f"datetime {datetime!r} is not 'start/end' or a single RFC 3339 instant")
+        raise ConfigError(f"datetime {datetime!r} is not 'start/end' or a single RFC 3339 instant")
 
     def parse(s: str, end: bool) -> _dt | None:
         if s in ("", ".."):
             return None
         if len(s) == 10:  # a bare date covers the whole day
             s = s + ("T23:59:59.999999Z" if end else "T00:00:00Z")
-        d = str_to_datetime(s)
+        try:
+            d = str_to_datetime(s)
+        except (ValueError, OverflowError) as err:
+            raise ConfigError(
+                f"datetime {datetime!r}: {s!r} is not an RFC 3339 date or instant ({err}); write e.g. "
+                "'2021-06-01' or '2021-06-01T10:00:00Z', and '..' for an open end."
+            ) from err
         return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
 
     return parse(parts[0], False), parse(parts[1], True)
@@ -214,12 +268,13 @@ def open_items(
         StacApiError: the API kept answering 429 / 5xx, or could not be reached, after the
             retries; ``status_code`` holds the last HTTP status.
         NoItemsFoundError: nothing matched; the message lists the filters to relax.
+        MalformedStacError: a file below a static catalog is not JSON or not valid STAC.
+        ConfigError: ``bbox`` is not four numbers or ``datetime`` is not RFC 3339.
     """
     if isinstance(collections, str):
         collections = [collections]
-    bbox_t: BBox | None = tuple(float(v) for v in bbox) if bbox is not None else None  # type: ignore[assignment]
-    if bbox_t is not None and len(bbox_t) != 4:
-        raise ValueError(f"bbox must be (west, south, east, north) in degrees, got {bbox!r}")
+    bbox_t = _check_bbox(bbox)
+    time_range = _parse_datetime_range(datetime)
     label = source if isinstance(source, str) else os.fspath(source) if isinstance(source, os.PathLike) else type(source).__name__
 
     items: list[pystac.Item]
@@ -235,7 +290,6 @@ def open_items(
     else:
         items = list(source)
 
-    time_range = _parse_datetime_range(datetime)
     found: list[pystac.Item] = []
     for item in items:
         if _matches(item, bbox_t, time_range, collections, ids):
@@ -254,6 +308,19 @@ def open_items(
     return pystac.ItemCollection(found, clone_items=False)
 
 
+def _check_bbox(bbox: Sequence[float] | None) -> BBox | None:
+    """``bbox`` as four floats, or :class:`~staclearn.errors.ConfigError`."""
+    if bbox is None:
+        return None
+    try:
+        out = tuple(float(v) for v in bbox)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"bbox must be four numbers (west, south, east, north) in degrees, got {bbox!r}") from err
+    if len(out) != 4:
+        raise ConfigError(f"bbox must be (west, south, east, north) in degrees, got {bbox!r}")
+    return out  # type: ignore[return-value]
+
+
 def _iter_static(src: str) -> Iterable[pystac.Item]:
     try:
         yield from _walk_static(src)
@@ -269,6 +336,10 @@ def _iter_static(src: str) -> Iterable[pystac.Item]:
             "'id', 'geometry', 'properties.datetime' (or start/end_datetime), 'links' and 'assets'. "
             "Fix the file or rebuild the catalog."
         ) from err
+    except Exception as err:  # noqa: BLE001 - a child or Item URL of a remote catalog failed
+        if not is_url(src):
+            raise
+        raise _unreadable_url(src, err) from err
 
 
 def _culprit(src: str) -> str:
@@ -352,13 +423,16 @@ def _search_api(
             ) from err
         raise CatalogNotFoundError(
             f"Could not search the STAC API at {url!r} (HTTP {status}): {str(err)[:200]}. Check the URL is "
-            "the API root (the page with 'conformsTo')."
+            "the API root (the page with 'conformsTo').",
+            url=url,
+            status_code=status,
         ) from err
     except requests.exceptions.RetryError as err:  # urllib3 gave up on a status it retries
+        found = re.search(r"too many (\d{3}) error", str(err))
         raise StacApiError(
             f"The STAC API at {url!r} kept failing after the retries: {err}. Try again later.",
             url=url,
-            status_code=None,
+            status_code=int(found.group(1)) if found else None,
         ) from err
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
         raise StacApiError(
@@ -370,5 +444,7 @@ def _search_api(
     except OSError as err:
         raise CatalogNotFoundError(
             f"Could not search the STAC API at {url!r}: {err}. Check the URL is the API root "
-            "(the page with 'conformsTo') and that it is reachable."
+            "(the page with 'conformsTo') and that it is reachable.",
+            url=url,
+            status_code=_http_status(err),
         ) from err

@@ -24,7 +24,7 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from staclearn.errors import AssetNotFoundError, ImageryNotFoundError, MissingDependencyError
+from staclearn.errors import AssetNotFoundError, ConfigError, ImageryNotFoundError, MissingDependencyError
 from staclearn.data.labels import ClassInfo
 from staclearn._io import FsspecStacIO
 
@@ -288,13 +288,13 @@ def plot_prediction(
     Raises:
         ImageryNotFoundError: the Item or its class map cannot be read.
         AssetNotFoundError: no class-map asset, or ``bands`` not in the imagery.
-        ValueError: ``alpha`` outside [0, 1].
+        ConfigError: ``alpha`` outside [0, 1] (a ValueError).
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
     if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
     layers = prediction_layers(item, imagery=imagery, bands=bands, asset=asset, percentiles=percentiles)
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 8 * layers.class_map.shape[0] / max(layers.class_map.shape[1], 1)))
