@@ -37,8 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from staclearn.workflows.change import ChangeConfig, _group_pairs, change_vector_magnitude, load_pair, run_change
+from staclearn.data.pairs import group_pairs, load_pair
 from staclearn.data.search import open_items
+from staclearn.evaluation.cva import change_vector_magnitude
+from staclearn.workflows.change import ChangeConfig, run_change
 
 CATALOG = Path(__file__).parents[1] / "catalogs" / "oscd" / "catalog.json"
 CITIES = (
@@ -173,7 +175,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
-    groups = _group_pairs(open_items(CATALOG), D.city_property)
+    groups = group_pairs(open_items(CATALOG), D.city_property)
     pairs = {}
     for city, g in groups.items():
         b, a, lab = load_pair(g.before, g.after, bands=args.bands, label_item=g.labels, resampling=D.resampling)
@@ -195,7 +197,7 @@ def main() -> None:
             )
             t1 = time.perf_counter()
             r = run_change(CATALOG, root / city / f"seed{seed}", config, progress=False, log=lambda _: None, pairs=pairs,
-                           magnitudes=magnitudes)
+                           magnitudes=magnitudes, overwrite=True)  # a rerun with the same --out replaces its runs
             m, c = r.test_metrics[city]["model"], r.test_metrics[city]["cva"]
             curves = r.precision_recall["test"][city]
             half = curves["model_at_0.5"]

@@ -23,29 +23,11 @@ from odc.geo.geobox import GeoBox
 from odc.geo.xr import xr_coords
 
 from staclearn.chips.augment import Augmentation
-from staclearn.workflows.change import (
-    CHANGE_CLASSES,
-    ChangeConfig,
-    CitySplit,
-    ChangeLoss,
-    SiameseDiffUnet,
-    build_change_model,
-    change_vector_magnitude,
-    cva_mask,
-    export_change_chips,
-    fit_change_threshold,
-    fit_cva_threshold,
-    load_change_model,
-    load_pair,
-    load_png_pair,
-    pair_band_names,
-    predict_change,
-    run_change,
-    split_cities,
-    stack_pair,
-)
-from staclearn.workflows.change import change_mask_item
+from staclearn.chips.pairs import export_change_chips
 from staclearn.chips.pixel import ChipDataset, band_statistics
+from staclearn.data.pairs import CHANGE_CLASSES, load_pair, load_png_pair, stack_pair
+from staclearn.data.search import open_items
+from staclearn.data.splits import CitySplit, split_cities
 from staclearn.errors import (
     BandMismatchError,
     ConfigError,
@@ -57,12 +39,27 @@ from staclearn.errors import (
     SplitError,
     StaclearnWarning,
 )
+from staclearn.evaluation.change import fit_change_threshold
+from staclearn.evaluation.cva import (
+    change_vector_magnitude,
+    cva_mask,
+    fit_cva_threshold,
+)
+from staclearn.evaluation.metrics import compute_metrics
+from staclearn.inference.change import predict_change
+from staclearn.models.change import ChangeLoss, build_change_model, load_change_model
+from staclearn.models.segmentation import (
+    ModelSpec,
+    SegmentationModel,
+    SiameseDiffUnet,
+    pair_band_names,
+    save_weights,
+)
+from staclearn.stac.change import change_mask_item
 from staclearn.stac.modelcard import load_model, model_card, spec_from_card
 from staclearn.stac.validate import validate, validate_catalog
-from staclearn.evaluation.metrics import compute_metrics
-from staclearn.models.segmentation import ModelSpec, SegmentationModel, save_weights
-from staclearn.data.search import open_items
 from staclearn.training.trainer import Trainer
+from staclearn.workflows.change import ChangeConfig, run_change
 
 CRS = "EPSG:32631"
 SIZE = 64
@@ -506,9 +503,9 @@ def test_levir_png_pair_loads_without_georeference_trains_and_predicts(tmp_path)
 @pytest.fixture(scope="module")
 def oscd_groups():
     """``{city: PairItems}`` of the committed OSCD catalog (its JSON only: no pixels are read)."""
-    from staclearn.workflows.change import _group_pairs
+    from staclearn.data.pairs import group_pairs
 
-    return _group_pairs(open_items(OSCD_CATALOG), "staclearn:city")
+    return group_pairs(open_items(OSCD_CATALOG), "staclearn:city")
 
 
 OSCD_CITIES = ["aguasclaras", "beihai", "beirut", "bercy", "bordeaux", "cupertino", "nantes", "paris", "pisa", "rennes", "saclay_e"]
@@ -577,7 +574,7 @@ def test_run_change_and_the_cli_refuse_an_unknown_test_city_before_loading_anyth
 
     with pytest.raises(SplitError, match="atlantis"):
         run_change(OSCD_CATALOG, tmp_path / "run", ChangeConfig(test_cities=("atlantis",)), log=lambda _: None)
-    assert not (tmp_path / "run" / "chips").exists()
+    assert not (tmp_path / "run").exists()  # the run folder is created only once the inputs are checked
     r = CliRunner().invoke(app, ["change", "run", "--catalog", str(OSCD_CATALOG), "--out", str(tmp_path / "cli"), "--test-item", "rome-labels"])
     assert r.exit_code == 2 and "SplitError" in r.output and "rome-labels" in r.output and "bercy-labels" in r.output
 
@@ -858,6 +855,28 @@ def tiny_run(tmp_path_factory):
     finally:
         mp.undo()
     return result, seen, items, tmp
+
+
+def test_run_change_refuses_a_non_empty_run_folder_unless_overwrite(tmp_path):
+    """Issue 17: a run never writes into a folder that holds files, unless overwrite=True."""
+    from staclearn.errors import RunExistsError
+
+    (tmp_path / "data").mkdir()
+    items = _city_catalog(tmp_path / "data", 3)
+    config = ChangeConfig(test_cities=("city0",), valid_cities=("city1",), **{**TINY, "epochs": 1})
+    out = tmp_path / "run"
+    (out / "chips").mkdir(parents=True)
+    (out / "notes.txt").write_text("an earlier run")
+    (out / "chips" / "stale.tif").write_bytes(b"a chip of an earlier run")
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RunExistsError, match=r"run.*not empty.*overwrite"):
+        run_change(items, out, config, progress=False, log=lambda _: None)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file()} == before
+
+    result = run_change(items, out, config, progress=False, log=lambda _: None, overwrite=True)
+    assert result.catalog.is_file() and (out / "change_city0.tif").is_file() and (out / "model" / "spec.json").is_file()
+    assert (out / "notes.txt").read_text() == "an earlier run"  # overwrite replaces the run's outputs only
+    assert not (out / "chips" / "stale.tif").exists()  # an earlier run's chips do not mix with these
 
 
 def test_threshold_is_chosen_on_the_validation_cities_without_the_test_city(tiny_run):

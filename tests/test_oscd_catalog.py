@@ -136,7 +136,7 @@ def test_saclay_e_dates_keep_their_own_grids(items):
 
 @pytest.mark.realdata
 def test_saclay_e_pair_aligns_on_the_grid_of_its_first_date(items, oscd):
-    from staclearn.workflows.change import load_pair
+    from staclearn.data.pairs import load_pair
 
     before, after, labels = load_pair(
         [items["saclay_e-20160315"]], [items["saclay_e-20170829"]], bands=["B02"], label_item=items["saclay_e-labels"]

@@ -10,21 +10,29 @@ validation figures. The training ``seed`` (initialisation, shuffling, augmentati
 separate argument, so changing it keeps the split.
 
 This module holds what the workflows share: the part codes, reading user test regions onto
-a GeoBox, and per-class counts per part for the model card (``staclearn:split``).
+a GeoBox, and per-class counts per part for the model card (``staclearn:split``); and the
+split of change detection's pairs by whole cities (:func:`split_cities`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from staclearn.errors import ConfigError, SplitError
 
-__all__ = ["TRAIN", "VALID", "TEST", "PART_NAMES", "read_regions", "regions_mask", "part_counts", "split_description"]
+if TYPE_CHECKING:
+    from staclearn.data.pairs import PairItems
+
+__all__ = [
+    "TRAIN", "VALID", "TEST", "PART_NAMES", "read_regions", "regions_mask", "part_counts", "split_description",
+    "CitySplit", "split_cities",
+]
 
 TRAIN = 0
 VALID = 1
@@ -223,3 +231,176 @@ def split_description(method: str, *, split_seed: int | None, counts: Mapping[st
         ``{"method", "split_seed", "unit", "counts", **extra}``.
     """
     return {"method": method, "split_seed": split_seed, "unit": unit, "counts": {k: dict(v) for k, v in counts.items()}, **extra}
+
+
+
+@dataclass(frozen=True)
+class CitySplit:
+    """Whole cities per part of a change run (:func:`split_cities`).
+
+    Attributes:
+        train: training cities (chips, class weights, normalisation, CVA threshold).
+        valid: validation cities (epoch choice; figures reported apart as validation).
+        test: test cities (final figures only; never chipped).
+        method: how the parts were made, in words (recorded in ``staclearn:split``).
+        split_seed: seed of the drawing, ``None`` when both test and validation cities were given.
+    """
+
+    train: tuple[str, ...]
+    valid: tuple[str, ...]
+    test: tuple[str, ...]
+    method: str
+    split_seed: int | None
+
+    def part_of(self, city: str) -> int:
+        """Part code (:data:`staclearn.data.splits.TRAIN` / ``VALID`` / ``TEST``) of ``city``.
+
+        Raises:
+            SplitError: ``city`` is in no part.
+        """
+        for code, cities in ((TRAIN, self.train), (VALID, self.valid), (TEST, self.test)):
+            if city in cities:
+                return code
+        raise SplitError(f"City {city!r} is in no part of the split {self.as_dict()}.")
+
+    def describe(self, labels: Mapping[str, np.ndarray], class_names: Sequence[str], *, ignore_index: int = 255) -> dict[str, Any]:
+        """``staclearn:split`` of the cities: labelled pixels per class and part, and the cities of each part.
+
+        Args:
+            labels: ``{city: (H, W) class indices}`` for every city of the split.
+            class_names: name of each class index.
+            ignore_index: unlabelled value.
+
+        Returns:
+            :func:`split_description` with ``unit="pixels"`` and ``cities`` (:meth:`as_dict`).
+
+        Raises:
+            SplitError: a city of ``labels`` is in no part.
+        """
+        flat = [np.asarray(lab).ravel() for lab in labels.values()]
+        codes = [np.full(lab.shape, self.part_of(c), dtype=np.uint8) for c, lab in zip(labels, flat, strict=True)]
+        counts = part_counts(np.concatenate(flat), np.concatenate(codes), class_names, ignore_index=ignore_index)
+        return split_description(self.method, split_seed=self.split_seed, counts=counts, unit="pixels", cities=self.as_dict())
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """``{"train": [...], "valid": [...], "test": [...]}`` (names of :data:`staclearn.data.splits.PART_NAMES`)."""
+        return {PART_NAMES[TRAIN]: list(self.train), PART_NAMES[VALID]: list(self.valid), PART_NAMES[TEST]: list(self.test)}
+
+
+def _listing(names: Iterable[str], limit: int = 40) -> str:
+    names = sorted(names)
+    more = f" ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return f"{names[:limit]}{more}"
+
+
+def _draw_count(what: str, fraction: float, count: int | None, n: int) -> int:
+    if count is not None:
+        if count < 1:
+            raise SplitError(f"{what}_count must be at least 1, got {count}; name the cities instead to fix them.")
+        return count
+    if not 0.0 < fraction < 1.0:
+        raise SplitError(f"{what}_fraction is a share of the cities in (0, 1), got {fraction}.")
+    return max(1, round(fraction * n))
+
+
+def split_cities(
+    groups: Mapping[str, PairItems],
+    *,
+    test_cities: Sequence[str] = (),
+    test_items: Sequence[str] = (),
+    valid_cities: Sequence[str] = (),
+    split_seed: int = 0,
+    test_fraction: float = 0.2,
+    test_count: int | None = None,
+    valid_fraction: float = 0.2,
+    valid_count: int | None = None,
+) -> CitySplit:
+    """Split cities into training, validation and test cities (whole cities, never pixels).
+
+    The test cities are fixed first: ``test_cities`` plus the cities whose before, after or
+    label Items have an id in ``test_items``; when both are empty, ``test_count`` cities
+    (default ``round(test_fraction * n_cities)``, at least 1) are drawn from the cities not
+    in ``valid_cities``. The validation cities are ``valid_cities``, or ``valid_count``
+    (default ``round(valid_fraction * n_non_test)``, at least 1) cities drawn from the non-test
+    cities. Draws use ``numpy.random.default_rng(split_seed)`` over the sorted city names,
+    test first then validation, so the split depends on nothing but the cities and
+    ``split_seed``. Every remaining city trains.
+
+    Args:
+        groups: ``{city: PairItems}`` of the catalog (every city with two dates and a label Item).
+        test_cities: test city names.
+        test_items: Item ids marking their cities as test.
+        valid_cities: validation city names.
+        split_seed: seed of the draws.
+        test_fraction: share of all cities drawn as test, in (0, 1).
+        test_count: number of test cities drawn (overrides ``test_fraction``).
+        valid_fraction: share of the non-test cities drawn as validation, in (0, 1).
+        valid_count: number of validation cities drawn (overrides ``valid_fraction``).
+
+    Returns:
+        A :class:`CitySplit` with sorted city names per part.
+
+    Raises:
+        SplitError: an unknown city or Item id (the message names what was asked and lists
+            the catalog's cities or Item ids), a city both test and validation, a bad
+            count or fraction, too few cities to draw from, or no city left for training.
+    """
+    cities = sorted(groups)
+    asked = {"test_cities": list(test_cities), "valid_cities": list(valid_cities)}
+    for what, names in asked.items():
+        unknown = sorted(set(names) - set(cities))
+        if unknown:
+            raise SplitError(f"{what} {unknown} are not cities of the catalog; its cities are {cities}.")
+    owner = {i.id: city for city, g in groups.items() for i in (*g.before, *g.after, g.labels)}
+    unknown_items = sorted(set(test_items) - set(owner))
+    if unknown_items:
+        raise SplitError(
+            f"test_items {unknown_items} are not before, after or label Items of any city; the catalog's "
+            f"Items are {_listing(owner)}."
+        )
+    given_test = set(test_cities) | {owner[i] for i in test_items}
+    both = sorted(given_test & set(valid_cities))
+    if both:
+        raise SplitError(f"Cities {both} are asked as both test and validation cities; a city is in one part only.")
+    rng = np.random.default_rng(split_seed)
+    drawn = []
+    if given_test:
+        test = sorted(given_test)
+    else:
+        pool = [c for c in cities if c not in set(valid_cities)]
+        n = _draw_count("test", test_fraction, test_count, len(cities))
+        if n > len(pool) - (0 if valid_cities else 1) - 1:
+            raise SplitError(
+                f"Cannot draw {n} test cities from {pool} (validation cities {sorted(valid_cities)}) and keep a "
+                f"validation and a training city; the catalog has {len(cities)} cities {cities}. Name test_cities, "
+                "lower test_count, or use a catalog with more cities."
+            )
+        test = sorted(str(c) for c in rng.choice(pool, size=n, replace=False))
+        drawn.append("test")
+    rest = [c for c in cities if c not in set(test)]
+    if valid_cities:
+        valid = sorted(valid_cities)
+    else:
+        n = _draw_count("valid", valid_fraction, valid_count, len(rest))
+        if n > len(rest) - 1:
+            raise SplitError(
+                f"Cannot draw {n} validation cities from the non-test cities {rest} and keep a training city "
+                f"(test cities {test}). Name valid_cities, lower valid_count, or use a catalog with more cities."
+            )
+        valid = sorted(str(c) for c in rng.choice(rest, size=n, replace=False))
+        drawn.append("validation")
+    train = [c for c in rest if c not in set(valid)]
+    if not train:
+        raise SplitError(
+            f"Test cities {test} and validation cities {valid} leave no training city among {cities}; "
+            "leave at least one city for training."
+        )
+    if drawn:
+        method = f"whole cities; {' and '.join(drawn)} cities drawn with split_seed"
+        if "test" not in drawn:
+            method += ", test cities given"
+        elif valid_cities:
+            method += ", validation cities given"
+    else:
+        method = "whole cities; test and validation cities given"
+    return CitySplit(tuple(train), tuple(valid), tuple(test), method, split_seed if drawn else None)
