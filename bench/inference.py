@@ -94,9 +94,9 @@ def open_cube(path: Path, rows: int | None, chunk: int):
 
 
 def grid_for(args, h: int, w: int):
-    from staclearn.inference.raster import _Grid
+    from staclearn.inference._tiling import Grid
 
-    return _Grid.make(h, w, args.tile_size, args.padding, 32, "linear")
+    return Grid.make(h, w, args.tile_size, args.padding, 32, "linear")
 
 
 # --------------------------------------------------------------------------- methods (children)
@@ -179,7 +179,7 @@ def run_dask(args, path: Path, h: int, w: int, workers: int) -> dict:
 
     from staclearn.inference.dask import predict_dask
     from staclearn.models.segmentation import save_weights
-    from staclearn.inference.raster import _to_cog
+    from staclearn.inference.raster import write_cog
 
     model = build(args.encoder, args.classes)
     weights = save_weights(model, OUT / f"{args.encoder}.safetensors")
@@ -212,7 +212,7 @@ def run_dask(args, path: Path, h: int, w: int, workers: int) -> dict:
                 data = fut.result()
                 dst.write(data, 1, window=Window(starts_x[j], starts_y[i], data.shape[1], data.shape[0]))
                 del fut
-        _to_cog(partial, OUT / f"dask{workers}_{path.stem}.tif", "NEAREST")
+        write_cog(partial, OUT / f"dask{workers}_{path.stem}.tif")
         partial.unlink()
         dt = time.perf_counter() - t0
     return {"mpx_s": h * w / dt / 1e6, "seconds": dt, "startup_s": startup, "workers": workers, "chunk": chunk}

@@ -16,7 +16,8 @@ from staclearn.errors import ModelCardError, StaclearnWarning, UnsafeWeightsErro
 from staclearn.data.labels import ClassInfo
 from staclearn.stac.modelcard import load_model, model_card, read_card
 from staclearn.models.segmentation import build_model, save_weights
-from staclearn.inference.raster import _Grid, _POP_PX, auto_tile_size, predict_class_map, predict_to_cog
+from staclearn.inference._tiling import POP_PX, Grid
+from staclearn.inference.raster import auto_tile_size, predict_class_map, predict_to_cog
 
 pytest.importorskip("onnxruntime")
 
@@ -161,7 +162,7 @@ def test_onnx_file_is_checked_before_loading(nc, tmp_path):
 
 
 def test_change_model_and_classifier_export(tmp_path):
-    from staclearn.workflows.change import build_change_model
+    from staclearn.models.change import build_change_model
     from staclearn.models.classifier import build_classifier
     from staclearn.inference.engines import _check_graph
 
@@ -184,7 +185,7 @@ def test_tile_size_auto_fits_the_memory_budget():
     kw = {"padding": 64, "stride": 32, "bands": 4, "classes": 7, "batch_size": 4, "bytes_per_px": 500.0, "prefetch": 2}
 
     def memory(t: int, b: int, w: int) -> float:  # the estimate auto_tile_size documents
-        return b * t * t * (500 + 4 * 4 * 4) + 8 * (t + 64) * w * 4 + 7 * _POP_PX * 4
+        return b * t * t * (500 + 4 * 4 * 4) + 8 * (t + 64) * w * 4 + 7 * POP_PX * 4
 
     small = auto_tile_size((4096, 4096), memory_budget_mb=256, **kw)
     large = auto_tile_size((4096, 4096), memory_budget_mb=2048, **kw)
@@ -197,7 +198,7 @@ def test_tile_size_auto_fits_the_memory_budget():
     assert large[0] > small[0] > wide[0]  # a bigger budget buys bigger tiles; a wider raster smaller ones
 
     def pushed(t: int) -> int:
-        g = _Grid.make(4096, 4096, t, 64, 32, "none")
+        g = Grid.make(4096, 4096, t, 64, 32, "none")
         return g.n_tiles * g.tile_shape[0] * g.tile_shape[1]
 
     assert pushed(large[0]) < pushed(small[0])
@@ -223,11 +224,11 @@ def test_predict_to_cog_auto_tiles_and_onnx_model(nc, tmp_path):
 
 
 def res_tile(cube, model, budget: float) -> int:
-    from staclearn.inference.raster import _bytes_per_px
+    from staclearn.inference.engines import tile_bytes_per_px
 
     t, _ = auto_tile_size(
         (cube.sizes["y"], cube.sizes["x"]), padding=32, stride=32, bands=5, classes=5, batch_size=8,
-        bytes_per_px=_bytes_per_px(model), memory_budget_mb=budget,
+        bytes_per_px=tile_bytes_per_px(model), memory_budget_mb=budget,
     )
     return t
 

@@ -70,7 +70,7 @@ def test_dask_on_two_workers_equals_single_process(model_and_weights, client):
     graph_bytes = len(pickle.dumps(dict(lazy.data.__dask_graph__())))
     assert graph_bytes < weights.stat().st_size / 20  # the weights are not in the task graph
     got = lazy.compute()
-    loads = client.run(lambda: __import__("staclearn.inference.dask").distributed._cached_model.cache_info())
+    loads = client.run(lambda: __import__("staclearn.inference.cache", fromlist=["cache_info"]).cache_info())
     assert len(loads) == 2 and all(info.misses <= 1 for info in loads.values())  # one load per worker
     single = predict_probabilities(model, cube, device="cpu", **kw)
     assert got.odc.geobox == single.odc.geobox and list(got["class"].values) == [0, 1, 2]
@@ -89,7 +89,7 @@ def test_dask_on_two_workers_equals_single_process(model_and_weights, client):
     single_cut = predict_class_map(model, cube, blend="none", device="cpu", **kw)
     assert np.array_equal(cut.values, single_cut.values)
     assert (cut.values[40:50, 30:45] == CLASS_MAP_NODATA).all()
-    loads = client.run(lambda: __import__("staclearn.inference.dask").distributed._cached_model.cache_info())
+    loads = client.run(lambda: __import__("staclearn.inference.cache", fromlist=["cache_info"]).cache_info())
     assert sum(info.misses for info in loads.values()) <= 2 and sum(info.hits for info in loads.values()) >= 1
 
 def test_dask_needs_a_dask_cube_and_big_enough_chunks(model_and_weights):
@@ -98,3 +98,36 @@ def test_dask_needs_a_dask_cube_and_big_enough_chunks(model_and_weights):
         predict_dask(weights, model.spec, _cube().compute())
     with pytest.raises(ConfigError, match="smaller than padding"):
         predict_dask(weights, model.spec, _cube(chunk=16), padding=32)
+
+
+def test_dask_model_cache_is_keyed_by_the_weights_content(model_and_weights, tmp_path):
+    """A copy of the weights under another path reuses the loaded model; new weights at the same path are loaded."""
+    import os
+    import shutil
+
+    from staclearn.inference import cache
+
+    model, weights = model_and_weights
+    cube = _cube(64, 64, 64)
+    kw = {"output": "probabilities", "tile_size": 48, "padding": 8, "batch_size": 4, "device": "cpu"}
+    path = tmp_path / "w.safetensors"
+    copy = tmp_path / "copy" / "w.safetensors"
+    copy.parent.mkdir()
+    shutil.copy(weights, path)
+    shutil.copy(weights, copy)
+    cache.clear_model_cache()
+    a = predict_dask(path, model.spec, cube, **kw).compute(scheduler="synchronous")
+    b = predict_dask(copy, model.spec, cube, **kw).compute(scheduler="synchronous")
+    assert cache.cache_info().misses == 1 and cache.cache_info().hits >= 1
+    np.testing.assert_array_equal(a.values, b.values)
+
+    torch.manual_seed(1)
+    retrained = build_model(BANDS, model.spec.classes, mean=[1000.0] * 4, std=[300.0] * 4, encoder="resnet18", encoder_depth=3).eval()
+    stat = path.stat()
+    save_weights(retrained, path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a new stamp even on a coarse clock
+    c = predict_dask(path, model.spec, cube, **kw).compute(scheduler="synchronous")
+    assert cache.cache_info().misses == 2
+    expected = predict_probabilities(retrained, cube, tile_size=48, padding=8, batch_size=4, device="cpu")
+    np.testing.assert_allclose(c.values, expected.values, atol=1e-4)
+    cache.clear_model_cache()

@@ -171,7 +171,9 @@ def test_udf_change_model_on_a_real_oscd_pair_equals_predict_change(tmp_path):
     """A two-date cube (t = before, after) through a siamese change card gives predict_change's mask."""
     from conftest import REPO, SHARED_DIR
 
-    from staclearn.workflows.change import build_change_model, load_pair, predict_change
+    from staclearn.models.change import build_change_model
+    from staclearn.data.pairs import load_pair
+    from staclearn.inference.change import predict_change
 
     if not (SHARED_DIR / "data" / "change" / "oscd" / "bercy").is_dir():
         pytest.skip("needs ../shared/data/change/oscd")
@@ -194,3 +196,49 @@ def test_udf_change_model_on_a_real_oscd_pair_equals_predict_change(tmp_path):
     assert set(np.unique(expected.values)) <= {0, 1}
     with pytest.raises(Exception, match="exactly 2 dates"):
         _run(oe.isel(t=[0]), {"model": str(card_path)})
+
+
+def _card(model, weights: Path, path: Path, card_id: str) -> Path:
+    card = model_card(model, str(weights), id=card_id, tile_size=256)
+    path.write_text(json.dumps(card.to_dict(include_self_link=False)))
+    return path
+
+
+def test_model_cache_is_keyed_by_the_weights_content(tmp_path):
+    """Two copies of the same weights share one cached model; new weights at the same path give a new one."""
+    import os
+    import shutil
+
+    from staclearn.data.labels import ClassInfo
+    from staclearn.inference import cache
+
+    classes = (ClassInfo(0, "background"), ClassInfo(1, "water"))
+    torch.manual_seed(0)
+    model = build_model(BANDS, classes, mean=[0.0] * 5, std=[1.0] * 5, encoder="resnet18", encoder_depth=1).eval()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    weights_a = save_weights(model, tmp_path / "a" / "w.safetensors")
+    weights_b = Path(shutil.copy(weights_a, tmp_path / "b" / "w.safetensors"))
+    card_a = _card(model, weights_a, tmp_path / "a" / "card.json", "a")
+    card_b = _card(model, weights_b, tmp_path / "b" / "card.json", "b")
+
+    udf_module.clear_model_cache()
+    first = udf_module._cached_model(str(card_a))
+    assert udf_module._cached_model(str(card_b)) is first  # same content under another path: one model
+    assert udf_module._cached_model(str(card_a)) is first
+    info = cache.cache_info()
+    assert (info.misses, info.hits, info.currsize) == (1, 2, 1)
+
+    torch.manual_seed(1)
+    retrained = build_model(BANDS, classes, mean=[0.0] * 5, std=[1.0] * 5, encoder="resnet18", encoder_depth=1).eval()
+    stat = weights_a.stat()
+    save_weights(retrained, weights_a)
+    os.utime(weights_a, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a new stamp even on a coarse clock
+    second = udf_module._cached_model(str(card_a))
+    assert second is not first and cache.cache_info().misses == 2
+    for name, t in retrained.state_dict().items():
+        assert torch.equal(second.state_dict()[name].cpu(), t)
+    assert udf_module._cached_model(str(card_b)) is first  # the copy still holds the old weights
+
+    udf_module.clear_model_cache()
+    assert cache.cache_info() == cache.CacheInfo(0, 0, cache.MAX_MODELS, 0)

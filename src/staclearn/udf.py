@@ -59,9 +59,12 @@ Context keys:
   :func:`staclearn.inference.raster.predict_class_map`.
 * ``nodata``: value that marks missing input pixels besides NaN.
 
-Loaded models are kept for the life of the worker process (at most 4 cards, keyed by the
-href), because openEO calls the UDF once per chunk; a card republished under the same href
-is seen after :func:`clear_model_cache` or a new process.
+Loaded models are kept for the life of the worker process, because openEO calls the UDF once
+per chunk: in the model cache of :mod:`staclearn.inference.cache` (at most 4 models), keyed by
+the SHA-256 of the card's weights (memoised by the weights file's path, size and modification
+time) and the card's model spec. Each call re-reads the card, so a card republished under the
+same href with new weights gets a new model; two cards with the same weights and spec share
+one. :func:`clear_model_cache` empties the cache.
 
 The same graph runs locally on openeo-processes-dask, the process library of openEO back-ends
 such as EODC's, with :func:`staclearn.openeo_processes.run_process_graph` (which adds the
@@ -77,14 +80,15 @@ classes (no ``from __future__ import annotations``): openEO picks the UDF by che
 ``cube`` is annotated ``xarray.DataArray``.
 """
 
-import functools
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import xarray
 
-from staclearn.errors import BandMismatchError, ConfigError
+from staclearn.errors import BandMismatchError, ConfigError, WeightsNotFoundError
+from staclearn.inference import cache as _cache
 
 __all__ = ["apply_datacube", "apply_metadata", "clear_model_cache", "CONTEXT_KEYS"]
 
@@ -96,16 +100,30 @@ _TIME_DIMS = ("t", "time")
 _BAND_DIMS = ("bands", "band")
 
 
-@functools.lru_cache(maxsize=4)
 def _cached_model(href: str) -> Any:
-    from staclearn.stac.modelcard import load_model
+    """The model of the MLM card at ``href``, from the process's model cache (keyed by the
+    SHA-256 of the card's safetensors weights and the card's spec)."""
+    from staclearn.stac.modelcard import load_model, read_card, spec_from_card
 
-    return load_model(href)
+    item = read_card(href)
+    weights = [
+        a for a in item.assets.values()
+        if "mlm:model" in (a.roles or []) and a.extra_fields.get("mlm:artifact_type") != "torch.onnx.export"
+    ]
+    if not weights:
+        return load_model(item)  # raises the card's ModelCardError
+    try:
+        digest = _cache.file_digest(weights[0].get_absolute_href() or weights[0].href)
+    except WeightsNotFoundError:
+        return load_model(item)  # raises the error that names the card and its asset
+    spec_json = json.dumps(spec_from_card(item).to_dict(), sort_keys=True)
+    return _cache.cached_model((digest, spec_json, "cpu"), lambda: load_model(item))
 
 
 def clear_model_cache() -> None:
-    """Forget the models loaded by :func:`apply_datacube` in this process."""
-    _cached_model.cache_clear()
+    """Forget the models loaded by :func:`apply_datacube` (and every other model of the
+    process's model cache, :mod:`staclearn.inference.cache`) in this process."""
+    _cache.clear_model_cache()
 
 
 def _settings(context: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -244,7 +262,7 @@ def apply_datacube(cube: xarray.DataArray, context: dict) -> xarray.DataArray:
                 f"with exactly 2 dates (before, after), it has {n}. Filter the dates in openEO "
                 "(filter_temporal) before apply_neighborhood."
             )
-        from staclearn.workflows.change import stack_pair
+        from staclearn.data.pairs import stack_pair
 
         before = _as_image(cube.isel({time_dim: 0}), band_dim, nodata)
         after = _as_image(cube.isel({time_dim: 1}), band_dim, nodata)

@@ -6,9 +6,10 @@ a cube with :func:`dask.array.map_overlap` (``boundary="none"``): every chunk ge
 by numpy, as in a single-process run), is cut into tiles, predicted, stitched and trimmed
 back to the chunk. The task graph carries the *path* of the safetensors weights
 and the JSON :class:`~staclearn.models.segmentation.ModelSpec`, never the weights: each worker process
-loads the model the first time one of its tasks needs it and keeps it in a small per-process
-cache (keyed by the weights file's path, size and modification time, the spec and the
-device; two models at most), the pattern Dask's documentation recommends for models. This
+loads the model the first time one of its tasks needs it and keeps it in the per-process
+model cache of :mod:`staclearn.inference.cache` (keyed by the SHA-256 of the weights - memoised
+by the file's path, size and modification time -, the spec and the device), the pattern
+Dask's documentation recommends for models. This
 works on the threaded scheduler and on a ``dask.distributed`` cluster alike.
 
 Chunks are predicted independently, so within ``padding / 2`` pixels of a chunk boundary the
@@ -21,7 +22,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import threading
 from collections.abc import Sequence
 from typing import Literal
 
@@ -30,37 +30,33 @@ import torch
 import xarray as xr
 
 from staclearn.errors import ConfigError
-from staclearn.models.segmentation import ModelSpec, load_weights, model_from_spec
-from staclearn.inference.raster import (
+from staclearn.inference._tiling import (
     CLASS_MAP_NODATA,
     Blend,
-    _argmax,
-    _as_band_yx,
-    _check_bands,
-    _Grid,
-    _produce,
-    _Runner,
-    _Source,
-    _stitch,
+    Grid,
+    Runner,
+    Source,
+    argmax_classes,
+    as_band_yx,
+    check_bands,
+    produce_batches,
+    stitch,
 )
+from staclearn.inference.cache import cached_model, file_digest
+from staclearn.models.segmentation import ModelSpec, load_weights, model_from_spec
 from staclearn.training.device import resolve_device
 
 __all__ = ["predict_dask"]
 
-_LOCK = threading.Lock()
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_model(weights: str, stamp: tuple[int, int], spec_json: str, device: str) -> torch.nn.Module:
-    model = model_from_spec(ModelSpec.from_dict(json.loads(spec_json)))
-    return load_weights(model, weights).to(device).eval()
-
 
 def _model(weights: str, spec_json: str, device: str) -> torch.nn.Module:
-    st = os.stat(weights) if "://" not in weights else None
-    stamp = (st.st_size, st.st_mtime_ns) if st is not None else (0, 0)
-    with _LOCK:  # one load per process even when a worker runs several threads
-        return _cached_model(weights, stamp, spec_json, device)
+    """The model of ``weights`` and ``spec_json`` on ``device``, from the process's model cache."""
+
+    def load() -> torch.nn.Module:
+        model = model_from_spec(ModelSpec.from_dict(json.loads(spec_json)))
+        return load_weights(model, weights).to(device).eval()
+
+    return cached_model((file_digest(weights), spec_json, device), load)
 
 
 def _predict_block(
@@ -95,8 +91,8 @@ def _predict_block(
     top, bottom = (p if loc[1] > 0 else 0), (p if loc[1] < n[1] - 1 else 0)
     left, right = (p if loc[2] > 0 else 0), (p if loc[2] < n[2] - 1 else 0)
     h, w = block.shape[1] - top - bottom, block.shape[2] - left - right
-    grid = _Grid.make(h, w, tile_size, padding, spec.stride, blend)
-    runner = _Runner(model, torch.device(device), batch_size, tta, mixed_precision)
+    grid = Grid.make(h, w, tile_size, padding, spec.stride, blend)
+    runner = Runner(model, torch.device(device), batch_size, tta, mixed_precision)
     fill = np.asarray(spec.mean, np.float32)[:, None, None]
     lut = np.asarray(class_values, np.uint8)
     k = len(lut)
@@ -109,11 +105,11 @@ def _predict_block(
         if output == "probabilities":
             out[:, rows] = np.where(ok[None], prob, np.nan)
         else:
-            out[0, rows] = _argmax(prob, lut, ok, predict_background)
+            out[0, rows] = argmax_classes(prob, lut, ok, predict_background)
 
-    source = _Source(lambda ys, xs: block[:, ys, xs], h, w, top, left, block.shape[1:])
+    source = Source(lambda ys, xs: block[:, ys, xs], h, w, top, left, block.shape[1:])
     with torch.no_grad():
-        _stitch(runner, _produce(source, grid, 0, batch_size, nodata, fill, False), grid, None, 0, write)
+        stitch(runner, produce_batches(source, grid, 0, batch_size, nodata, fill, False), grid, None, 0, write)
     return out
 
 
@@ -176,9 +172,9 @@ def predict_dask(
 
     if output not in ("probabilities", "class_map"):
         raise ConfigError(f"output must be 'probabilities' or 'class_map', got {output!r}")
-    image = _as_band_yx(cube)
-    _check_bands(image, spec.bands)
-    _Grid.make(256, 256, tile_size, padding, spec.stride, blend)  # validate the tiling up front
+    image = as_band_yx(cube)
+    check_bands(image, spec.bands)
+    Grid.make(256, 256, tile_size, padding, spec.stride, blend)  # validate the tiling up front
     data = image.data
     if not isinstance(data, da.Array):
         raise ConfigError("predict_dask needs a Dask-backed cube: use cube.chunk({'y': 2048, 'x': 2048}).")

@@ -34,14 +34,9 @@ each tile is context thrown away.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import queue
-import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,13 +46,33 @@ import torch
 import xarray as xr
 from torch import nn
 
-from staclearn.chips.pixel import chip_windows
-from staclearn.data.cube import valid_mask
-from staclearn.errors import BandMismatchError, ConfigError, StaclearnWarning
+from staclearn.errors import ConfigError, NoGeoreferenceError
+from staclearn.inference._tiling import (
+    CLASS_MAP_NODATA,
+    POP_PX,
+    Blend,
+    GeoTiffRows,
+    Grid,
+    Resumable,
+    Runner,
+    argmax_classes,
+    as_band_yx,
+    check_bands,
+    class_lut,
+    cube_source,
+    predict_image,
+    produce_batches,
+    read_ahead,
+    scratch_profile,
+    stitch,
+)
+from staclearn.inference.cache import model_digest
+from staclearn.inference.engines import tile_bytes_per_px, with_engine
 from staclearn.training.device import resolve_device
 
 __all__ = [
     "CLASS_MAP_NODATA",
+    "COG_OPTIONS",
     "DEFAULT_MEMORY_BUDGET_MB",
     "StreamedPrediction",
     "auto_tile_size",
@@ -67,440 +82,11 @@ __all__ = [
     "write_cog",
 ]
 
-CLASS_MAP_NODATA = 255
-"""Nodata value of uint8 class maps and change masks."""
-
-Blend = Literal["linear", "none"]
-
-# D4: the 8 symmetries of the square, as (rotations by 90 degrees, flip of the last axis).
-_D4 = [(k, flip) for flip in (False, True) for k in range(4)]
-
-
-def _as_band_yx(cube: xr.DataArray) -> xr.DataArray:
-    if "time" in cube.dims:
-        if cube.sizes["time"] != 1:
-            raise ConfigError(
-                f"The cube has {cube.sizes['time']} time steps; select one (cube.isel(time=0)) or "
-                "composite them (cube.median('time')) before predicting."
-            )
-        cube = cube.isel(time=0)
-    return cube.transpose("band", "y", "x")
-
-
-def _check_bands(cube: xr.DataArray, bands: Sequence[str]) -> None:
-    have = [str(b) for b in cube.coords["band"].values] if "band" in cube.coords else []
-    if have and have != list(bands):
-        missing = [b for b in bands if b not in have]
-        extra = [b for b in have if b not in bands]
-        raise BandMismatchError(
-            f"The cube's bands {have} do not match the model's input bands {list(bands)} "
-            f"(missing {missing}, extra {extra}). Load the cube with bands={list(bands)}."
-        )
-
-
-# --------------------------------------------------------------------------- tile geometry
-
-
-@dataclass(frozen=True)
-class _Grid:
-    """Tile layout of an ``(h, w)`` raster: core ranges per tile row/column, padded tile shape."""
-
-    h: int
-    w: int
-    padding: int
-    rows: tuple[tuple[int, int], ...]  # core [start, stop) of each tile row
-    cols: tuple[tuple[int, int], ...]
-    tile_shape: tuple[int, int]  # model input (th, tw): core + 2 * padding, rounded up to the stride
-    blend: Blend
-
-    @classmethod
-    def make(cls, h: int, w: int, tile_size: int, padding: int, stride: int, blend: Blend) -> _Grid:
-        if padding < 0 or tile_size <= 2 * padding:
-            raise ConfigError(f"tile_size ({tile_size} px) must exceed 2 x padding ({padding} px)")
-        if blend not in ("linear", "none"):
-            raise ConfigError(f"blend must be 'linear' or 'none', got {blend!r}")
-        core = tile_size - 2 * padding
-        windows = chip_windows((h, w), core, core)
-        rows = tuple(sorted({(int(wd.row_off), int(wd.row_off + wd.height)) for wd in windows}))
-        cols = tuple(sorted({(int(wd.col_off), int(wd.col_off + wd.width)) for wd in windows}))
-        # a tile size that is not a multiple of the model's stride is padded up to it
-        shape = tuple(-(-(min(core, n) + 2 * padding) // stride) * stride for n in (h, w))
-        return cls(h, w, padding, rows, cols, (int(shape[0]), int(shape[1])), blend)
-
-    @property
-    def n_tiles(self) -> int:
-        return len(self.rows) * len(self.cols)
-
-    def weights_1d(self, start: int, stop: int, n: int, length: int) -> np.ndarray:
-        """Blend weight along one axis for a tile whose core is ``[start, stop)``.
-
-        Returns ``(length,)`` float32 over the tile window ``[start - padding, ...)``; 0 off the raster.
-        """
-        pos = np.arange(start - self.padding, start - self.padding + length, dtype=np.float64) + 0.5
-        half = self.padding / 2 if self.blend == "linear" else 0.0
-        if half > 0:
-            lo = np.clip((pos - start + half) / (2 * half), 0, 1) if start > 0 else np.ones_like(pos)
-            hi = np.clip((stop - pos + half) / (2 * half), 0, 1) if stop < n else np.ones_like(pos)
-        else:
-            lo = (pos > start) | (start == 0)
-            hi = (pos < stop) | (stop == n)
-        return (lo * hi * ((pos > 0) & (pos < n))).astype(np.float32)
-
-    def first_row_touched(self, r: int) -> int:
-        """First raster row that tile row ``r`` gives a non-zero weight to."""
-        a, b = self.rows[r]
-        wy = self.weights_1d(a, b, self.h, self.tile_shape[0])
-        return a - self.padding + int(np.flatnonzero(wy)[0])
-
-
-# --------------------------------------------------------------------------- reading
-
-
-class _Source:
-    """Reads padded windows of a ``(band, y, x)`` raster whose pixels ``[0, h) x [0, w)`` are
-    predicted. The array behind ``get`` may carry extra context: ``top``/``left`` pixels
-    before the raster and more after it up to its ``shape`` (a Dask block from
-    ``map_overlap``); beyond the array the raster is mirrored (``numpy.pad`` ``reflect``)."""
-
-    def __init__(
-        self,
-        get: Callable[[slice, slice], np.ndarray],
-        h: int,
-        w: int,
-        top: int = 0,
-        left: int = 0,
-        shape: tuple[int, int] | None = None,
-    ) -> None:
-        self._get, self.h, self.w, self.top, self.left = get, h, w, top, left
-        self.shape = shape or (h, w)
-
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        t, l = self.top, self.left
-        cy0, cy1 = max(y0, -t), min(y1, self.shape[0] - t)
-        cx0, cx1 = max(x0, -l), min(x1, self.shape[1] - l)
-        block = np.asarray(self._get(slice(cy0 + t, cy1 + t), slice(cx0 + l, cx1 + l)), dtype=np.float32)
-        widths = ((0, 0), (cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1))
-        return np.pad(block, widths, mode="reflect") if any(sum(p) for p in widths) else block
-
-
-def _cube_source(image: xr.DataArray) -> _Source:
-    def get(ys: slice, xs: slice) -> np.ndarray:
-        return image.isel(y=ys, x=xs).values
-
-    return _Source(get, image.sizes["y"], image.sizes["x"])
-
-
-@dataclass
-class _Batch:
-    x: torch.Tensor  # (B, C, th, tw) float32, nodata filled with the band means
-    tiles: list[tuple[int, int]]  # (tile row, tile column) per item
-    ok: np.ndarray  # (B, th, tw) bool valid pixels
-
-
-def _produce(
-    source: _Source, grid: _Grid, first_row: int, batch_size: int, nodata: float | None, fill: np.ndarray, pin: bool
-) -> Iterator[_Batch]:
-    th, tw = grid.tile_shape
-    p = grid.padding
-    # read windows of about 2048 px wide (whole tiles), so memory does not grow with the width
-    group = max(1, -(-2048 // max(tw - 2 * p, 1)))
-    pending: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]] = []
-
-    def flush() -> _Batch:
-        x = torch.from_numpy(np.stack([t for t, _, _ in pending]))
-        batch = _Batch(x.pin_memory() if pin else x, [k for _, _, k in pending], np.stack([o for _, o, _ in pending]))
-        pending.clear()
-        return batch
-
-    for r in range(first_row, len(grid.rows)):
-        a = grid.rows[r][0]
-        for g in range(0, len(grid.cols), group):
-            cols = grid.cols[g : g + group]
-            x0 = cols[0][0] - p
-            window = source.read(a - p, a - p + th, x0, cols[-1][0] - p + tw)
-            for c, (c0, _) in enumerate(cols, start=g):
-                tile = window[:, :, c0 - p - x0 : c0 - p - x0 + tw]
-                ok = valid_mask(tile, nodata)
-                pending.append((np.where(ok[None], tile, fill), ok, (r, c)))
-                if len(pending) == batch_size:
-                    yield flush()
-    if pending:
-        yield flush()
-
-
-def _prefetch(items: Iterator[_Batch], depth: int) -> Iterator[_Batch]:
-    """Run ``items`` in a background thread, ``depth`` batches ahead of the consumer."""
-    if depth <= 0:
-        yield from items
-        return
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            put(err)
-
-    thread = threading.Thread(target=work, name="staclearn-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
-# --------------------------------------------------------------------------- running the model
-
-
-def _is_oom(err: BaseException) -> bool:
-    if isinstance(err, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()  # MPS, older CUDA
-
-
-class _Runner:
-    """Forward pass to softmax probabilities, with D4 test-time augmentation, autocast on CUDA,
-    and halving of the batch on out-of-memory errors."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        device: torch.device,
-        batch_size: int,
-        tta: bool,
-        mixed_precision: bool,
-        channels_last: bool | None = None,
-    ) -> None:
-        self.model = model.to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
-        self.transforms = _D4 if tta else _D4[:1]
-        self.amp = mixed_precision and device.type == "cuda"
-        if channels_last is None:  # oneDNN's convolutions run NHWC faster on CPU (1.36x, issue 15)
-            channels_last = device.type == "cpu" and _engine(model) == "torch" and any(
-                isinstance(m, nn.Conv2d) for m in model.modules()
-            )
-        self.channels_last = channels_last
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    def _probs(self, x: torch.Tensor) -> torch.Tensor:
-        total: torch.Tensor | None = None
-        for k, flip in self.transforms:
-            t = x.flip(-1) if flip else x
-            t = torch.rot90(t, k, (-2, -1)) if k else t
-            if self.channels_last:
-                t = t.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.amp):
-                logits = self.model(t)
-            prob = logits.float().softmax(1)
-            prob = torch.rot90(prob, -k, (-2, -1)) if k else prob
-            prob = prob.flip(-1) if flip else prob
-            total = prob if total is None else total + prob
-        assert total is not None
-        return total / len(self.transforms)
-
-    def __call__(self, x: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            return self._run(x)
-
-    def _run(self, x: torch.Tensor) -> np.ndarray:
-        out: list[np.ndarray] = []
-        i = 0
-        while i < x.shape[0]:
-            n = self.batch_size
-            try:
-                part = x[i : i + n].to(self.device, non_blocking=True)
-                out.append(self._probs(part).cpu().numpy())
-            except RuntimeError as err:
-                if not _is_oom(err) or n == 1:
-                    raise
-                part = None
-                self.batch_size = n // 2
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                warnings.warn(
-                    f"Out of memory on {self.device} with a batch of {n} tiles of "
-                    f"{tuple(x.shape[-2:])} px; retrying with batch_size={self.batch_size}.",
-                    StaclearnWarning,
-                    stacklevel=5,
-                )
-                continue
-            i += n
-        return np.concatenate(out)
-
-
-# --------------------------------------------------------------------------- stitching
-
-
-_POP_PX = 2**21  # finished rows are divided out and written about 2 M pixels at a time
-
-
-class _Strip:
-    """Weighted sums of probabilities for the rows ``[base, base + n)`` still open."""
-
-    def __init__(self, k: int, w: int, base: int = 0) -> None:
-        self.k, self.w, self.base = k, w, base
-        self.num = np.zeros((k, 0, w), np.float32)
-        self.den = np.zeros((0, w), np.float32)
-        self.ok = np.zeros((0, w), bool)
-
-    def _grow(self, stop: int) -> None:
-        extra = stop - self.base - self.den.shape[0]
-        if extra > 0:
-            self.num = np.concatenate([self.num, np.zeros((self.k, extra, self.w), np.float32)], 1)
-            self.den = np.concatenate([self.den, np.zeros((extra, self.w), np.float32)], 0)
-            self.ok = np.concatenate([self.ok, np.zeros((extra, self.w), bool)], 0)
-
-    def add(self, grid: _Grid, r: int, c: int, prob: np.ndarray, ok: np.ndarray) -> None:
-        (a, b), (c0, c1) = grid.rows[r], grid.cols[c]
-        p = grid.padding
-        th, tw = prob.shape[-2:]
-        wy = grid.weights_1d(a, b, grid.h, th)
-        wx = grid.weights_1d(c0, c1, grid.w, tw)
-        ny, nx = np.flatnonzero(wy), np.flatnonzero(wx)
-        ty, tx = slice(ny[0], ny[-1] + 1), slice(nx[0], nx[-1] + 1)
-        y0, x0 = a - p + ty.start, c0 - p + tx.start
-        y1, x1 = y0 + ty.stop - ty.start, x0 + tx.stop - tx.start
-        self._grow(y1)
-        weight = wy[ty, None] * wx[None, tx]
-        ry = slice(y0 - self.base, y1 - self.base)
-        self.num[:, ry, x0:x1] += prob[:, ty, tx] * weight
-        self.den[ry, x0:x1] += weight
-        self.ok[a - self.base : b - self.base, c0:c1] = ok[p : p + b - a, p : p + c1 - c0]
-
-    def pop_rows(self, stop: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """Finished rows ``[base, stop)`` in chunks of about ``_POP_PX`` pixels (so the
-        probabilities are never divided out for the whole strip at once, whatever the width):
-        ``(y0, (K, n, W) probabilities, (n, W) valid)`` each. Consume it to the end."""
-        n = stop - self.base
-        self._grow(stop)
-        step = max(16, _POP_PX // max(self.w, 1))
-        for i in range(0, n, step):
-            j = min(n, i + step)
-            yield self.base + i, self.num[:, i:j] / np.maximum(self.den[i:j], 1e-12), self.ok[i:j].copy()
-        self.num, self.den, self.ok = self.num[:, n:].copy(), self.den[n:].copy(), self.ok[n:].copy()
-        self.base = stop
-
-    def pop(self, stop: int) -> tuple[int, np.ndarray, np.ndarray]:
-        """Finished rows ``[base, stop)``: ``(base, (K, n, W) probabilities, (n, W) valid)``."""
-        n = stop - self.base
-        self._grow(stop)
-        prob = self.num[:, :n] / np.maximum(self.den[:n], 1e-12)
-        out = (self.base, prob, self.ok[:n].copy())
-        self.num, self.den, self.ok = self.num[:, n:].copy(), self.den[n:].copy(), self.ok[n:].copy()
-        self.base = stop
-        return out
-
-
-def _stitch(
-    runner: _Runner,
-    batches: Iterator[_Batch],
-    grid: _Grid,
-    strip: _Strip | None,
-    first_row: int,
-    write: Callable[[int, np.ndarray, np.ndarray], None],
-    on_row_done: Callable[[int, _Strip], None] | None = None,
-) -> int:
-    """Run the model on ``batches`` and hand finished rows to ``write(y0, probs, ok)``.
-
-    Returns:
-        The number of tiles run through the model.
-    """
-    left = {r: len(grid.cols) for r in range(first_row, len(grid.rows))}
-    n_run = 0
-    for batch in batches:
-        probs = runner(batch.x)
-        n_run += len(batch.tiles)
-        for (r, c), prob, ok in zip(batch.tiles, probs, batch.ok, strict=True):
-            if strip is None:
-                strip = _Strip(prob.shape[0], grid.w, grid.first_row_touched(r))
-            strip.add(grid, r, c, prob, ok)
-            left[r] -= 1
-            if left[r] == 0:
-                stop = grid.first_row_touched(r + 1) if r + 1 < len(grid.rows) else grid.h
-                if stop > strip.base:
-                    for rows in strip.pop_rows(stop):
-                        write(*rows)
-                if on_row_done is not None:
-                    on_row_done(r, strip)
-    return n_run
-
-
-
-# --------------------------------------------------------------------------- engine and tile size
+# --------------------------------------------------------------------------- tile size
 
 DEFAULT_MEMORY_BUDGET_MB = 512
 """Default memory budget of ``tile_size="auto"`` (MiB, see :func:`auto_tile_size`)."""
 _MAX_AUTO_TILE = 4096
-_FALLBACK_BYTES_PER_PX = 1200.0  # U-Net ResNet-34 measures ~1030 with the probe below
-
-
-def _engine(model: nn.Module) -> str:
-    return str(getattr(model, "engine", "onnx" if type(model).__name__ == "OnnxModel" else "torch"))
-
-
-def _with_engine(model: nn.Module, engine: str) -> nn.Module:
-    """The model to run for ``engine``: ``"auto"`` keeps the model's own engine (an
-    :class:`~staclearn.inference.engines.OnnxModel` runs in ONNX Runtime, a PyTorch module in PyTorch);
-    ``"onnx"`` exports a PyTorch module to ONNX first (falls back to PyTorch with a warning
-    when onnxruntime is missing); ``"torch"`` needs a PyTorch module."""
-    from staclearn.inference.engines import ENGINES, OnnxModel, export_onnx, onnxruntime_available
-
-    if engine not in ENGINES:
-        raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
-    mine = _engine(model)
-    if engine in ("auto", mine):
-        return model
-    if engine == "torch":
-        raise ConfigError(
-            "engine='torch' was asked for an ONNX Runtime model; load the card with "
-            "staclearn.stac.modelcard.load_model(card, engine='torch') instead."
-        )
-    if not onnxruntime_available():
-        warnings.warn("engine='onnx' asked for but onnxruntime is not installed (pip install 'staclearn[onnx]'); "
-                      "running the model in PyTorch.", StaclearnWarning, stacklevel=4)
-        return model
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = export_onnx(model, Path(tmp) / "model.onnx").read_bytes()
-    return OnnxModel(data, getattr(model, "spec", None), activation_bytes_per_px=_bytes_per_px(model))
-
-
-def _bytes_per_px(model: nn.Module) -> float:
-    known = getattr(model, "activation_bytes_per_px", None)
-    if known:
-        return float(known)
-    if _engine(model) == "torch" and any(True for _ in model.parameters()):
-        from staclearn.inference.engines import _activation_bytes_per_px
-
-        try:
-            return _activation_bytes_per_px(model)
-        except Exception:  # noqa: BLE001 - a model the probe cannot run: use the conservative default
-            pass
-    return _FALLBACK_BYTES_PER_PX
 
 
 def auto_tile_size(
@@ -561,19 +147,20 @@ def auto_tile_size(
     hi = max(lo, min(_MAX_AUTO_TILE, -(-(max(h, w) + 2 * padding) // stride) * stride))
     best: tuple[float, int, int] | None = None
     for t in range(lo, hi + 1, stride):
-        strip = (classes + 1) * (min(t, h + 2 * padding) + padding) * w * 4 + classes * _POP_PX * 4
+        strip = (classes + 1) * (min(t, h + 2 * padding) + padding) * w * 4 + classes * POP_PX * 4
         per_tile = t * t * (bytes_per_px + (prefetch + 2) * bands * 4)
         batch = min(batch_size, int((budget - strip) // per_tile))
         if batch < 1:
             if best is None:
                 best = (0.0, t, 1)
             break
-        g = _Grid.make(h, w, t, padding, stride, "none")
+        g = Grid.make(h, w, t, padding, stride, "none")
         pushed = float(g.n_tiles * g.tile_shape[0] * g.tile_shape[1])
         if best is None or best[0] == 0.0 or pushed < best[0]:
             best = (pushed, t, batch)
     assert best is not None
     return best[1], best[2]
+
 
 def _setup(
     model: nn.Module,
@@ -587,10 +174,10 @@ def _setup(
     mixed_precision: bool,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     prefetch: int = 2,
-) -> tuple[_Grid, _Runner, np.ndarray]:
+) -> tuple[Grid, Runner, np.ndarray]:
     spec = getattr(model, "spec", None)
     if spec is not None:
-        _check_bands(image, spec.bands)
+        check_bands(image, spec.bands)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     stride = int(getattr(spec, "stride", 32))
@@ -598,53 +185,16 @@ def _setup(
         k = len(spec.classes) if spec is not None else 8
         tile_size, batch_size = auto_tile_size(
             (image.sizes["y"], image.sizes["x"]), padding=padding, stride=stride, bands=image.sizes["band"],
-            classes=k, batch_size=batch_size, bytes_per_px=_bytes_per_px(model),
+            classes=k, batch_size=batch_size, bytes_per_px=tile_bytes_per_px(model),
             memory_budget_mb=memory_budget_mb, prefetch=prefetch,
         )
     elif not isinstance(tile_size, int | np.integer):
         raise ConfigError(f"tile_size must be a number of pixels or 'auto', got {tile_size!r}")
-    grid = _Grid.make(image.sizes["y"], image.sizes["x"], int(tile_size), padding, stride, blend)
+    grid = Grid.make(image.sizes["y"], image.sizes["x"], int(tile_size), padding, stride, blend)
     mean = getattr(spec, "mean", None)
     fill = np.asarray(mean if mean is not None else np.zeros(image.sizes["band"]), np.float32)[:, None, None]
-    runner = _Runner(model, resolve_device(device), batch_size, tta, mixed_precision)
+    runner = Runner(model, resolve_device(device), batch_size, tta, mixed_precision)
     return grid, runner, fill
-
-
-def _class_lut(model: nn.Module, class_values: Sequence[int] | None) -> np.ndarray:
-    spec = getattr(model, "spec", None)
-    if spec is not None:
-        class_values = class_values or [c.value for c in spec.classes]
-    if class_values is None:
-        raise ConfigError("class_values is required for a model without a spec")
-    return np.asarray(list(class_values), dtype=np.uint8)
-
-
-def _argmax(prob: np.ndarray, lut: np.ndarray, ok: np.ndarray, predict_background: bool) -> np.ndarray:
-    if not predict_background:
-        background = np.flatnonzero(lut == 0)
-        if background.size == 0:
-            raise ConfigError(
-                f"predict_background=False needs a background class of value 0 (arcgis.learn's "
-                f"convention); the model's class values are {lut.tolist()}."
-            )
-        prob = prob.copy()
-        prob[background] = -1.0
-    return np.where(ok, lut[prob.argmax(0)], CLASS_MAP_NODATA).astype(np.uint8)
-
-
-def _run(
-    runner: _Runner,
-    image: xr.DataArray,
-    grid: _Grid,
-    fill: np.ndarray,
-    prefetch: int,
-    write: Callable[[int, np.ndarray, np.ndarray], None],
-) -> None:
-    batches = _produce(
-        _cube_source(image), grid, 0, runner.batch_size, image.attrs.get("nodata"), fill,
-        runner.device.type == "cuda",
-    )
-    _stitch(runner, _prefetch(batches, prefetch), grid, None, 0, write)
 
 
 # --------------------------------------------------------------------------- in-memory API
@@ -714,9 +264,9 @@ def predict_class_map(
             a cube without a CRS.
         BandMismatchError: the cube's bands differ from the model's input bands.
     """
-    image = _as_band_yx(cube)
-    lut = _class_lut(model, class_values)
-    model = _with_engine(model, engine)
+    image = as_band_yx(cube)
+    lut = class_lut(model, class_values)
+    model = with_engine(model, engine)
     grid, runner, fill = _setup(
         model, image, tile_size, padding, blend, device, batch_size, test_time_augmentation, mixed_precision,
         memory_budget_mb, prefetch,
@@ -724,9 +274,9 @@ def predict_class_map(
     out = np.full((grid.h, grid.w), CLASS_MAP_NODATA, dtype=np.uint8)
 
     def write(y0: int, prob: np.ndarray, ok: np.ndarray) -> None:
-        out[y0 : y0 + ok.shape[0]] = _argmax(prob, lut, ok, predict_background)
+        out[y0 : y0 + ok.shape[0]] = argmax_classes(prob, lut, ok, predict_background)
 
-    _run(runner, image, grid, fill, prefetch, write)
+    predict_image(runner, image, grid, fill, prefetch, write)
     return _on_cube_grid(out, image, "class_map", CLASS_MAP_NODATA, out_path)
 
 
@@ -763,10 +313,7 @@ def predict_probabilities(
         test_time_augmentation: average over the 8 D4 flips/rotations.
         mixed_precision: ``torch.autocast`` float16 on CUDA only.
         prefetch: batches read ahead by a background thread.
-        engine: ``"auto"`` (run the model as given: an :class:`~staclearn.inference.engines.OnnxModel`
-            in ONNX Runtime, a PyTorch module in PyTorch, channels_last on CPU), ``"onnx"``
-            (export a PyTorch module to ONNX first; falls back to PyTorch with a warning when
-            onnxruntime is missing) or ``"torch"``. See :mod:`staclearn.inference.engines`.
+        engine: ``"auto"``, ``"onnx"`` or ``"torch"`` (see :func:`predict_class_map`).
         memory_budget_mb: budget of ``tile_size="auto"`` in MiB (:func:`auto_tile_size`).
 
     Returns:
@@ -778,8 +325,8 @@ def predict_probabilities(
         ConfigError: ``tile_size <= 2 * padding``, ``batch_size < 1`` or a multi-date cube.
         BandMismatchError: the cube's bands differ from the model's input bands.
     """
-    image = _as_band_yx(cube)
-    model = _with_engine(model, engine)
+    image = as_band_yx(cube)
+    model = with_engine(model, engine)
     grid, runner, fill = _setup(
         model, image, tile_size, padding, blend, device, batch_size, test_time_augmentation, mixed_precision,
         memory_budget_mb, prefetch,
@@ -791,7 +338,7 @@ def predict_probabilities(
             holder.append(np.full((prob.shape[0], grid.h, grid.w), np.nan, dtype=np.float32))
         holder[0][:, y0 : y0 + ok.shape[0]] = np.where(ok[None], prob, np.nan)
 
-    _run(runner, image, grid, fill, prefetch, write)
+    predict_image(runner, image, grid, fill, prefetch, write)
     out = holder[0]
     spec = getattr(model, "spec", None)
     classes = [c.value for c in spec.classes] if spec is not None else list(range(out.shape[0]))
@@ -825,16 +372,6 @@ class StreamedPrediction:
 
 def _partial(path: Path) -> Path:
     return path.with_name(path.name + ".partial.tif")
-
-
-def _model_digest(model: nn.Module) -> str:
-    if getattr(model, "digest", None):  # an OnnxModel: the SHA-256 of its ONNX file
-        return f"onnx:{model.digest}"
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @torch.inference_mode()
@@ -900,10 +437,7 @@ def predict_to_cog(
         test_time_augmentation: average over the 8 D4 flips/rotations.
         mixed_precision: ``torch.autocast`` float16 on CUDA only.
         prefetch: batches read ahead by a background thread.
-        engine: ``"auto"`` (run the model as given: an :class:`~staclearn.inference.engines.OnnxModel`
-            in ONNX Runtime, a PyTorch module in PyTorch, channels_last on CPU), ``"onnx"``
-            (export a PyTorch module to ONNX first; falls back to PyTorch with a warning when
-            onnxruntime is missing) or ``"torch"``. See :mod:`staclearn.inference.engines`.
+        engine: ``"auto"``, ``"onnx"`` or ``"torch"`` (see :func:`predict_class_map`).
         memory_budget_mb: budget of ``tile_size="auto"`` in MiB (:func:`auto_tile_size`).
         resume: continue an interrupted run found beside the outputs (same model weights,
             cube grid and options; otherwise it is restarted with a warning); ``False`` always
@@ -923,33 +457,29 @@ def predict_to_cog(
     started = time.perf_counter()
     if class_map_path is None and probabilities_path is None:
         raise ConfigError("Give class_map_path and/or probabilities_path: there is nothing to write.")
-    image = _as_band_yx(cube)
+    image = as_band_yx(cube)
     crs = image.odc.crs
     if crs is None:
         raise ConfigError(
             "The cube has no CRS (pixel coordinates only), so no COG can be written; use "
             "predict_class_map / predict_probabilities instead."
         )
-    lut = _class_lut(model, class_values)
-    model = _with_engine(model, engine)
+    lut = class_lut(model, class_values)
+    model = with_engine(model, engine)
     grid, runner, fill = _setup(
         model, image, tile_size, padding, blend, device, batch_size, test_time_augmentation, mixed_precision,
         memory_budget_mb, prefetch,
     )
     if not predict_background:
-        _argmax(np.zeros((len(lut), 1, 1), np.float32), lut, np.ones((1, 1), bool), False)  # fail early
-    k = len(lut)
+        argmax_classes(np.zeros((len(lut), 1, 1), np.float32), lut, np.ones((1, 1), bool), False)  # fail early
     outputs = {
         name: Path(p)
         for name, p in (("class_map", class_map_path), ("probabilities", probabilities_path))
         if p is not None
     }
-    anchor = next(iter(outputs.values()))
-    state_path = anchor.with_name(anchor.name + ".partial.json")
-    strip_path = anchor.with_name(anchor.name + ".partial.npz")
     gbox = image.odc.geobox
     fingerprint = {
-        "model": _model_digest(model),
+        "model": model_digest(model),
         "shape": [grid.h, grid.w],
         "crs": str(crs),
         "transform": list(gbox.affine)[:6],
@@ -962,67 +492,22 @@ def predict_to_cog(
         "class_values": lut.tolist(),
         "outputs": {n: str(p) for n, p in outputs.items()},
     }
-    first_row, strip = 0, None
-    if resume and state_path.exists():
-        state = json.loads(state_path.read_text())
-        if state.get("fingerprint") == fingerprint and strip_path.exists() and all(
-            _partial(p).exists() for p in outputs.values()
-        ):
-            with np.load(strip_path) as z:
-                strip = _Strip(k, grid.w, int(z["base"]))
-                strip.num, strip.den, strip.ok = z["num"], z["den"], z["ok"]
-            first_row = int(state["rows_done"])
-        else:
-            warnings.warn(
-                f"The unfinished prediction at {state_path} was made with other weights, grid "
-                "or options; starting afresh.",
-                StaclearnWarning,
-                stacklevel=2,
-            )
-    profile = {
-        "driver": "GTiff", "width": grid.w, "height": grid.h, "crs": crs.to_wkt(), "transform": gbox.affine,
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "sparse_ok": True, "bigtiff": "IF_SAFER",
-    }
+    run = Resumable(next(iter(outputs.values())), fingerprint, [_partial(p) for p in outputs.values()])
+    first_row, strip = run.load() if resume else (0, None)
+    write = GeoTiffRows({n: _partial(p) for n, p in outputs.items()}, gbox, lut, predict_background)
     if first_row == 0:  # a stale state must not survive a fresh start that is interrupted early
-        state_path.unlink(missing_ok=True)
-        strip_path.unlink(missing_ok=True)
-    bands = {"class_map": (1, "uint8", CLASS_MAP_NODATA), "probabilities": (k, "float32", float("nan"))}
-    env = rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb)
-    with env:
+        run.clear()
+    with rasterio.Env(GDAL_CACHEMAX=gdal_cache_mb):
         if first_row == 0:
-            for name, path in outputs.items():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                count, dtype, nodata = bands[name]
-                with rasterio.open(_partial(path), "w", count=count, dtype=dtype, nodata=nodata, **profile):
-                    pass
-
-        def write(y0: int, prob: np.ndarray, ok: np.ndarray) -> None:
-            window = rasterio.windows.Window(0, y0, grid.w, ok.shape[0])
-            for name, path in outputs.items():
-                if name == "class_map":
-                    data = _argmax(prob, lut, ok, predict_background)[None]
-                else:
-                    data = np.where(ok[None], prob, np.nan).astype(np.float32)
-                with rasterio.open(_partial(path), "r+") as dst:  # closing flushes to disk
-                    dst.write(data, window=window)
-
-        def checkpoint(r: int, open_rows: _Strip) -> None:
-            tmp = strip_path.with_name(strip_path.name + ".tmp.npz")
-            np.savez(tmp, num=open_rows.num, den=open_rows.den, ok=open_rows.ok, base=open_rows.base)
-            os.replace(tmp, strip_path)
-            tmp_state = state_path.with_name(state_path.name + ".tmp")
-            tmp_state.write_text(json.dumps({"fingerprint": fingerprint, "rows_done": r + 1}))
-            os.replace(tmp_state, state_path)
-
-        batches = _produce(
-            _cube_source(image), grid, first_row, runner.batch_size, image.attrs.get("nodata"), fill,
+            write.create()
+        batches = produce_batches(
+            cube_source(image), grid, first_row, runner.batch_size, image.attrs.get("nodata"), fill,
             runner.device.type == "cuda",
         )
-        n_run = _stitch(runner, _prefetch(batches, prefetch), grid, strip, first_row, write, checkpoint)
+        n_run = stitch(runner, read_ahead(batches, prefetch), grid, strip, first_row, write, run.checkpoint)
         for name, path in outputs.items():
-            _to_cog(_partial(path), path, "NEAREST" if name == "class_map" else "AVERAGE")
-    for p in (state_path, strip_path, *(_partial(p) for p in outputs.values())):
-        p.unlink(missing_ok=True)
+            write_cog(_partial(path), path)
+    run.clear()
     return StreamedPrediction(
         outputs.get("class_map"),
         outputs.get("probabilities"),
@@ -1031,17 +516,6 @@ def predict_to_cog(
         first_row * len(grid.cols),
         time.perf_counter() - started,
     )
-
-
-def _to_cog(src: Path, path: Path, resampling: str) -> None:
-    from rasterio.shutil import copy
-
-    tmp = path.with_name(path.name + ".tmp")
-    copy(
-        src, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, RESAMPLING=resampling,
-        OVERVIEWS="AUTO", BIGTIFF="IF_SAFER",
-    )
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- output grid
@@ -1067,27 +541,70 @@ def _on_cube_grid(
     return result
 
 
-def write_cog(array: xr.DataArray, path: str | os.PathLike[str], *, nodata: float | None = None) -> Path:
-    """Write a georeferenced DataArray as a Cloud-Optimized GeoTIFF, atomically.
+COG_OPTIONS: dict[str, Any] = {
+    "COMPRESS": "DEFLATE",
+    "LEVEL": 6,
+    "PREDICTOR": "YES",
+    "BLOCKSIZE": 512,
+    "OVERVIEWS": "AUTO",
+    "BIGTIFF": "IF_SAFER",
+}
+"""Creation options (GDAL's COG driver) of every Cloud-Optimized GeoTIFF staclearn writes:
+deflate (level 6, horizontal / floating-point predictor), 512 px internal tiles, overviews
+down to one tile. Overviews are resampled ``NEAREST`` for integer rasters (class maps, change
+masks) and ``AVERAGE`` for float ones (probabilities)."""
 
-    The COG is written to ``<name>.tmp`` beside the target and renamed, so an interrupted run
-    never leaves a half-written file under the final name. Uses odc-geo's ``write_cog``
-    (deflate, 512 px internal tiles, overviews).
+
+def write_cog(
+    data: xr.DataArray | str | os.PathLike[str], path: str | os.PathLike[str], *, nodata: float | None = None
+) -> Path:
+    """Write a georeferenced raster as a Cloud-Optimized GeoTIFF, atomically.
+
+    The one COG writer of staclearn (:data:`COG_OPTIONS`, GDAL's COG driver): the COG is
+    written to ``<name>.tmp`` beside the target and renamed, so an interrupted run never
+    leaves a half-written file under the final name.
 
     Args:
-        array: ``(y, x)`` or ``(band, y, x)`` DataArray with a CRS (``array.odc.crs``).
-        path: output file path.
-        nodata: nodata value to record; default ``array.attrs["nodata"]``.
+        data: ``(y, x)`` or ``(band, y, x)`` DataArray with a CRS (``data.odc.crs``), any
+            numeric dtype (kept); or the path of a GeoTIFF to convert (its CRS, nodata and
+            dtype kept; ``nodata`` is ignored).
+        path: output file path; its folder is created.
+        nodata: nodata value to record for a DataArray; default ``data.attrs["nodata"]``
+            (none recorded when that is missing too).
 
     Returns:
         The path written.
+
+    Raises:
+        NoGeoreferenceError: a DataArray without a CRS.
     """
-    from odc.geo.cog import write_cog as _write
+    import rasterio
+    from rasterio.shutil import copy
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    nd = nodata if nodata is not None else array.attrs.get("nodata")
-    _write(array, tmp, overwrite=True, nodata=nd)
-    os.replace(tmp, path)
+    scratch = None
+    if isinstance(data, xr.DataArray):
+        gbox = data.odc.geobox
+        if gbox is None or gbox.crs is None:
+            raise NoGeoreferenceError(f"Cannot write {os.fspath(path)!r} as a COG: the array has no CRS.")
+        nd = nodata if nodata is not None else data.attrs.get("nodata")
+        pix = np.asarray(data.transpose(..., *data.odc.spatial_dims).values)
+        pix = pix[None] if pix.ndim == 2 else pix
+        scratch = path.with_name(path.name + ".partial.tif")
+        profile = scratch_profile(gbox, pix.shape[0], pix.dtype.name, nd)
+        with rasterio.open(scratch, "w", **profile) as dst:
+            dst.write(pix)
+        src = scratch
+    else:
+        src = Path(data)
+    try:
+        with rasterio.open(src) as ds:
+            resampling = "AVERAGE" if np.dtype(ds.dtypes[0]).kind == "f" else "NEAREST"
+        copy(src, tmp, driver="COG", RESAMPLING=resampling, **COG_OPTIONS)
+        os.replace(tmp, path)
+    finally:
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)
     return path
