@@ -256,3 +256,33 @@ def test_interrupted_command_says_how_to_resume(tmp_path, argv, module, name, si
     assert proc.returncode == code, err
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("interrupted") and hint in lines[0], err
+
+
+@pytest.mark.parametrize(
+    ("argv", "module", "name", "flag"),
+    [
+        (["landcover", "run", "--resume"], "staclearn.workflows.landcover", "run_landcover", "resume"),
+        (["landcover", "run", "--overwrite"], "staclearn.workflows.landcover", "run_landcover", "overwrite"),
+        (["damage", "run", "--overwrite"], "staclearn.workflows.damage", "run_damage", "overwrite"),
+        (["change", "run", "--overwrite"], "staclearn.workflows.change", "run_change", "overwrite"),
+    ],
+)
+def test_resume_and_overwrite_reach_the_run(monkeypatch, tmp_path, argv, module, name, flag):
+    """--resume / --overwrite are passed to run_*; its named error is one line and exit 2."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from staclearn.cli import app
+    from staclearn.errors import RunExistsError
+
+    seen = {}
+
+    def refuse(*args, **kwargs):
+        seen.update(kwargs)
+        raise RunExistsError("run folder is not empty")
+
+    monkeypatch.setattr(importlib.import_module(module), name, refuse)
+    result = CliRunner().invoke(app, [*argv, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert seen[flag] is True and all(v is False for k, v in seen.items() if k in {"resume", "overwrite"} - {flag})

@@ -14,10 +14,11 @@ resume, and exit 130 / 143 (128 + the signal number, as a shell reports them).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -88,6 +89,20 @@ def _command_line(extra: str | None = None) -> str:
     return "staclearn " + shlex.join(args)
 
 
+def _on_interrupt(how: Callable[[dict[str, Any]], str]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Run a command inside :func:`_resumable`, with the hint ``how(arguments)``."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)  # typer reads the signature through __wrapped__
+        def run(**arguments: Any) -> None:
+            with _resumable(how(arguments)):
+                command(**arguments)
+
+        return run
+
+    return decorate
+
+
 @contextlib.contextmanager
 def _resumable(how: str) -> Iterator[None]:
     """Turn Ctrl-C (SIGINT) and SIGTERM during a long command into one line on stderr saying
@@ -144,6 +159,7 @@ def search(
 
 
 @landcover_app.command("run")
+@_on_interrupt(lambda a: f"continue from the last training checkpoint with: {_command_line('--resume')}")
 def landcover_run(
     catalog: Annotated[str, typer.Option(help="STAC catalog / ItemCollection path or STAC API URL with imagery and one label Item")] = "catalogs/nc-landsat/catalog.json",
     out: Annotated[Path, typer.Option(help="run folder for chips, model, class map, report and STAC catalog")] = Path("runs/nc"),
@@ -193,19 +209,6 @@ def landcover_run(
 
     Interrupted (Ctrl-C / SIGTERM), it says how to continue: the same command with --resume.
     """
-    with _resumable(f"continue from the last training checkpoint with: {_command_line('--resume')}"):
-        _landcover_run(**locals())
-
-
-def _landcover_run(
-    catalog: str, out: Path, bands: Optional[list[str]], label_asset: str, bbox: Optional[str], datetime: Optional[str],
-    tile_size: int, stride: int, min_labelled: float, test_regions: Optional[str], test_bbox: Optional[list[str]],
-    test_fraction: float, block_size: int, valid_fraction: float, split_seed: int, architecture: str, encoder: str,
-    encoder_weights: Optional[str], members: int, epochs: int, lr: float, batch_size: int, predict_tile_size: int,
-    padding: int, rf_estimators: int, seed: int, device: str, engine: str, modifier: Optional[str], progress: bool,
-    overwrite: bool, resume: bool, vectorize: bool, min_mapping_unit_m2: float, simplify_m: Optional[float],
-) -> None:
-    """The body of ``staclearn landcover run`` (same arguments)."""
     from staclearn.workflows.landcover import LandCoverConfig, run_landcover
 
     config = LandCoverConfig(
@@ -254,6 +257,7 @@ def _landcover_run(
 
 
 @damage_app.command("run")
+@_on_interrupt(lambda a: f"{a['out']} holds a partial run; start it again with: {_command_line('--overwrite')}")
 def damage_run(
     catalog: Annotated[str, typer.Option(help="STAC catalog with per-tile pre/post imagery and label Items, or an xBD folder")] = "catalogs/xbd-santarosa/catalog.json",
     out: Annotated[Path, typer.Option(help="run folder for chips, model, per-building table, report and STAC catalog")] = Path("runs/damage"),
@@ -285,17 +289,6 @@ def damage_run(
 
     Interrupted (Ctrl-C / SIGTERM), it says how to start again: the same command with
     --overwrite (the run has no checkpoint to resume from)."""
-    with _resumable(f"{out} holds a partial run; start it again with: {_command_line('--overwrite')}"):
-        _damage_run(**locals())
-
-
-def _damage_run(
-    catalog: str, out: Path, tiles: Optional[list[str]], test_tiles: Optional[list[str]], test_regions: Optional[str],
-    test_fraction: float, valid_tiles: Optional[list[str]], valid_fraction: float, split_seed: int, classvalue_field: str,
-    class_map: str, chip_size: int, buffer_m: float, stack_pre: bool, mask_outside: Optional[float], model_name: str,
-    epochs: int, patience: Optional[int], lr: float, batch_size: int, seed: int, device: str, overwrite: bool,
-) -> None:
-    """The body of ``staclearn damage run`` (same arguments)."""
     from staclearn.workflows.damage import DamageConfig, run_damage
 
     config = DamageConfig(
@@ -332,6 +325,7 @@ def _damage_run(
 
 
 @change_app.command("run")
+@_on_interrupt(lambda a: f"{a['out']} holds a partial run; start it again with: {_command_line('--overwrite')}")
 def change_run(
     catalog: Annotated[str, typer.Option(help="STAC catalog with per-city before/after imagery Items and one label Item each")] = "catalogs/oscd/catalog.json",
     out: Annotated[Path, typer.Option(help="run folder for chips, model, change masks, report and STAC catalog")] = Path("runs/change"),
@@ -371,19 +365,6 @@ def change_run(
 
     Interrupted (Ctrl-C / SIGTERM), it says how to start again: the same command with
     --overwrite (the run has no checkpoint to resume from)."""
-    with _resumable(f"{out} holds a partial run; start it again with: {_command_line('--overwrite')}"):
-        _change_run(**locals())
-
-
-def _change_run(
-    catalog: str, out: Path, test_cities: Optional[list[str]], test_items: Optional[list[str]],
-    valid_cities: Optional[list[str]], split_seed: int, test_fraction: float, test_count: Optional[int],
-    valid_fraction: float, valid_count: Optional[int], bands: Optional[list[str]], city_property: str, fusion: str,
-    encoder: str, tile_size: int, stride: int, epochs: int, lr: float, batch_size: int, dice: float, probability: bool,
-    patience: Optional[int], threshold: Optional[float], architecture: Optional[str], standardize: Optional[bool],
-    seed: int, device: str, overwrite: bool,
-) -> None:
-    """The body of ``staclearn change run`` (same arguments)."""
     from staclearn.workflows.change import S2_10M_20M, ChangeConfig, run_change
 
     try:
@@ -470,6 +451,7 @@ def change_predict(
 
 
 @app.command()
+@_on_interrupt(lambda a: f"run the same command again to resume (finished tiles are kept): {_command_line()}")
 def predict(
     model: Annotated[str, typer.Option(help="MLM model-card Item (path or URL)")],
     catalog: Annotated[str, typer.Option(help="STAC catalog / ItemCollection path or API URL with the imagery")],
@@ -496,16 +478,6 @@ def predict(
     SIGTERM), it says so: the same command again resumes."""
     if tile_size != "auto" and not tile_size.isdigit():
         raise typer.BadParameter("--tile-size is a number of pixels or 'auto'")
-    with _resumable(f"run the same command again to resume (finished tiles are kept): {_command_line()}"):
-        _predict(**locals())
-
-
-def _predict(
-    model: str, catalog: str, out: Path, bbox: Optional[str], datetime: Optional[str], tile_size: str, padding: int,
-    batch_size: int, blend: str, tta: bool, probabilities: bool, device: str, engine: str, memory_budget_mb: float,
-    modifier: Optional[str],
-) -> None:
-    """The body of ``staclearn predict`` (same arguments)."""
     import pystac
     import rioxarray
 

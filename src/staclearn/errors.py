@@ -39,6 +39,7 @@ __all__ = [
     "CheckpointError",
     # models
     "ModelCardError",
+    "WeightsChecksumError",
     "WeightsNotFoundError",
     "UnsafeWeightsError",
     # outputs and environment
@@ -224,9 +225,6 @@ class WeightsChecksumError(ModelCardError):
     message names the card, the asset href and both checksums. Fix: re-download the weights
     (or the whole run folder), or re-export the card with :func:`staclearn.model_card`.
     """
-
-
-__all__.insert(__all__.index("ModelCardError") + 1, "WeightsChecksumError")
 
 
 class StacValidationError(StaclearnError, ValueError):
