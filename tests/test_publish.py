@@ -165,7 +165,11 @@ def test_every_written_item_validates_offline(run):
         pytest.skip(f"needs the extension schemas in {SCHEMAS}")
     assert validate_catalog(out / "catalog.json", SCHEMAS) == 4  # catalog, collection, card, prediction
     card = validate(json.loads(_card_path(out).read_text()), SCHEMAS)
-    assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in card.validated and not card.skipped
+    assert "https://stac-extensions.github.io/mlm/v1.5.2/schema.json" in card.validated
+    # the weights' file:checksum (issue 17) declares the file extension; every other schema
+    # is checked, and the file schema too once ../shared/schemas holds it
+    file_schema = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+    assert card.skipped == (() if file_schema in card.validated else (file_schema,))
     pred = validate(json.loads(_pred_path(out).read_text()), SCHEMAS)
     assert "https://stac-extensions.github.io/classification/v1.1.0/schema.json" in pred.validated
     assert "https://stac-extensions.github.io/processing/v1.2.0/schema.json" in pred.validated
@@ -426,3 +430,143 @@ def test_vector_item_for_classified_footprints(tmp_path, scene):
         assert validate_catalog(tmp_path / "cat" / "catalog.json", SCHEMAS) == 3
     with pytest.raises(PublishError, match="no CRS"):
         vector_item("x.parquet", gdf.set_crs(None, allow_override=True), id="x", classes=CLASSES, source_items=[])
+
+
+# --- weights checksum (issue 17) ---------------------------------------------------------------
+
+
+def test_card_records_the_weights_sha256_and_load_checks_it(run):
+    """The card's weights asset carries ``file:checksum`` (multihash ``1220`` + SHA-256 hex);
+    load_model refuses weights altered by one byte, naming the card, the href, both
+    checksums and the fix; a card without a checksum (written before 0.2) still loads."""
+    import hashlib
+
+    from staclearn.errors import WeightsChecksumError
+
+    out, _, _ = run
+    card_path = _card_path(out)
+    d = json.loads(card_path.read_text())
+    asset = d["assets"]["weights"]
+    weights = (card_path.parent / asset["href"]).resolve()
+    good = weights.read_bytes()
+    expected = "1220" + hashlib.sha256(good).hexdigest()
+    assert asset["file:checksum"] == expected
+    assert "https://stac-extensions.github.io/file/v2.1.0/schema.json" in d["stac_extensions"]
+    load_model(card_path)  # matches
+
+    bad = bytearray(good)
+    bad[-1] ^= 0x01  # one byte of the last tensor: still a valid safetensors file
+    weights.write_bytes(bytes(bad))
+    found = "1220" + hashlib.sha256(bytes(bad)).hexdigest()
+    with pytest.raises(WeightsChecksumError) as info:
+        load_model(card_path)
+    msg = str(info.value)
+    assert "'toy-model'" in msg and str(weights) in msg and expected in msg and found in msg
+    assert "re-download" in msg and "re-export" in msg
+    assert isinstance(info.value, ModelCardError) and "\n" not in msg
+
+    # an older card (no file:checksum, no file extension) loads the weights unchecked
+    del asset["file:checksum"]
+    d["stac_extensions"] = [u for u in d["stac_extensions"] if "/file/" not in u]
+    card_path.write_text(json.dumps(d))
+    assert list(load_model(card_path).spec.bands) == BANDS
+
+
+# --- http(s) reads retried (issue 17) ----------------------------------------------------------
+
+
+@pytest.fixture
+def flaky_http(tmp_path):
+    """``make(doc, fail_first, status)`` serves ``doc`` as JSON on 127.0.0.1 after answering
+    the first ``fail_first`` requests with ``status``; returns (url, request counter)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    servers = []
+
+    def make(doc: dict, fail_first: int, status: int = 503):
+        state = {"requests": 0}
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                state["requests"] += 1
+                failing = state["requests"] <= fail_first
+                body = b'{"code": "unavailable"}' if failing else json.dumps(doc).encode()
+                self.send_response(status if failing else 200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/item.json", state
+
+    yield make
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _item_doc(item_id: str = "remote") -> dict:
+    return {
+        "type": "Feature", "stac_version": "1.1.0", "id": item_id, "properties": {"datetime": "2021-06-01T00:00:00Z"},
+        "geometry": {"type": "Point", "coordinates": [0.0, 0.0]}, "bbox": [0.0, 0.0, 0.0, 0.0], "links": [], "assets": {},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("status", [503, 429, 502])
+def test_http_read_failing_then_succeeding_is_retried(flaky_http, status):
+    url, state = flaky_http(_item_doc(), fail_first=2, status=status)
+    item = pystac.Item.from_file(url, stac_io=FsspecStacIO(retries=3, backoff=0.01))
+    assert item.id == "remote" and state["requests"] == 3
+
+
+def test_http_read_that_always_fails_raises_stac_api_error_with_the_status(flaky_http):
+    from staclearn.errors import StacApiError
+
+    url, state = flaky_http(_item_doc(), fail_first=10_000, status=503)
+    with pytest.raises(StacApiError, match="HTTP 503 on 3 attempts") as info:
+        FsspecStacIO(retries=2, backoff=0.01).read_text(url)
+    assert info.value.status_code == 503 and info.value.url == url
+    assert state["requests"] == 3  # bounded: 1 + 2 retries
+
+
+def test_http_404_is_not_retried(flaky_http):
+    from staclearn.errors import CatalogNotFoundError
+
+    url, state = flaky_http(_item_doc(), fail_first=10_000, status=404)
+    with pytest.raises(CatalogNotFoundError, match="HTTP 404"):
+        FsspecStacIO(retries=3, backoff=0.01).read_text(url)
+    assert state["requests"] == 1
+
+
+def test_unreachable_http_is_a_stac_api_error():
+    from staclearn.errors import StacApiError
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(StacApiError, match="Could not reach") as info:
+        FsspecStacIO(retries=1, backoff=0.01).read_text(f"http://127.0.0.1:{port}/item.json")
+    assert info.value.status_code is None
+
+
+def test_read_card_over_http_retries_then_keeps_the_status(flaky_http, run, monkeypatch):
+    from staclearn.errors import StacApiError
+    from staclearn.stac.modelcard import read_card
+
+    out, _, _ = run
+    card = json.loads(_card_path(out).read_text())
+    monkeypatch.setattr("staclearn._io.HTTP_RETRIES", 2)
+    monkeypatch.setattr("staclearn._io.HTTP_BACKOFF", 0.01)
+    url, state = flaky_http(card, fail_first=2)
+    assert read_card(url).id == "toy-model" and state["requests"] == 3
+    url, state = flaky_http(card, fail_first=10_000, status=500)
+    with pytest.raises(StacApiError) as info:
+        read_card(url)
+    assert info.value.status_code == 500 and state["requests"] == 3

@@ -24,6 +24,8 @@ __all__ = [
     "local_path",
     "check_run_folder",
     "HTTP_RETRY_STATUSES",
+    "HTTP_RETRIES",
+    "HTTP_BACKOFF",
     "http_retry",
     "read_http_text",
     "FsspecStacIO",
@@ -31,10 +33,15 @@ __all__ = [
     "join_href",
     "absolute_href",
     "same_href",
+    "file_multihash",
 ]
 
 #: HTTP statuses worth retrying: rate limiting and server-side failures (RFC 9110, RFC 6585).
 HTTP_RETRY_STATUSES = (429, 500, 502, 503, 504)
+#: Default retries (after the first attempt) of an http(s) read by :class:`FsspecStacIO`.
+HTTP_RETRIES = 4
+#: Default base of the exponential backoff of http(s) reads, seconds (0.5, 1, 2, 4 s).
+HTTP_BACKOFF = 0.5
 
 
 def is_url(href: str) -> bool:
@@ -214,11 +221,15 @@ class FsspecStacIO(pystac.stac_io.DefaultStacIO):
 
     Args:
         headers: extra HTTP headers for http(s) reads.
-        retries: retries after the first attempt of an http(s) read.
-        backoff: base of the exponential wait between attempts, seconds.
+        retries: retries after the first attempt of an http(s) read; default
+            :data:`HTTP_RETRIES`.
+        backoff: base of the exponential wait between attempts, seconds; default
+            :data:`HTTP_BACKOFF`.
     """
 
-    def __init__(self, headers: dict[str, str] | None = None, *, retries: int = 4, backoff: float = 0.5) -> None:
+    def __init__(
+        self, headers: dict[str, str] | None = None, *, retries: int | None = None, backoff: float | None = None
+    ) -> None:
         super().__init__(headers=headers)
         self.retries = retries
         self.backoff = backoff
@@ -227,7 +238,12 @@ class FsspecStacIO(pystac.stac_io.DefaultStacIO):
         """Text of ``href``: http(s) with retries, other fsspec URLs through fsspec, local
         paths through pystac."""
         if href.startswith(("http://", "https://")):
-            return read_http_text(href, retries=self.retries, backoff=self.backoff, headers=self.headers)
+            return read_http_text(
+                href,
+                retries=HTTP_RETRIES if self.retries is None else self.retries,
+                backoff=HTTP_BACKOFF if self.backoff is None else self.backoff,
+                headers=self.headers,
+            )
         if is_url(href):
             import fsspec
 
@@ -300,3 +316,27 @@ def absolute_href(href: str, start: str | None) -> str:
 def same_href(a: str, b: str) -> bool:
     """True when two local hrefs (paths or ``file://`` URIs) name the same path."""
     return os.path.normpath(local_path(a)) == os.path.normpath(local_path(b))
+
+
+def file_multihash(href: str) -> str:
+    """SHA-256 of a file as the STAC file extension's ``file:checksum`` writes it: a multihash
+    in hex, ``1220`` (sha2-256, 32 bytes) followed by the 64 hex digits of the digest.
+
+    Args:
+        href: local path, ``file://`` URI or fsspec URL; read in 1 MiB blocks.
+
+    Returns:
+        The multihash hex string.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+    """
+    import hashlib
+
+    import fsspec
+
+    digest = hashlib.sha256()
+    with fsspec.open(href, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return "1220" + digest.hexdigest()

@@ -12,7 +12,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         'api': ['api_items', 'publish_to_api'],
         'catalog': ['write_catalog'],
         'items': ['unsigned_href', 'geobox_geometry', 'class_map_item', 'chips_collection', 'vector_item'],
-        'modelcard': ['MLM_SCHEMA', 'CLASSIFICATION_SCHEMA', 'model_card', 'spec_from_card', 'read_card', 'load_model', 'WEIGHTS_ASSET'],
-        'validate': ['SCHEMA_DIR_ENV', 'ValidationReport', 'validate', 'validate_catalog'],
+        'modelcard': ['MLM_SCHEMA', 'CLASSIFICATION_SCHEMA', 'model_card', 'spec_from_card', 'read_card', 'check_weights', 'load_model', 'WEIGHTS_ASSET'],
+        'validate': ['SCHEMA_DIR_ENV', 'ValidationReport', 'OfflineSTACValidator', 'validate', 'validate_catalog'],
     },
 )

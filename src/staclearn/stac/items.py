@@ -19,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Sampling
 
 from staclearn.data.labels import ClassInfo
 from staclearn.errors import PublishError
@@ -77,6 +79,44 @@ def _version() -> str:
         return "0+unknown"
 
 
+def add_schema(obj: pystac.Item | pystac.Collection, uri: str) -> None:
+    """Declare an extension schema on ``obj``: append ``uri`` to its ``stac_extensions``
+    unless it is already there (never replaces the list).
+
+    For the extensions pystac has no class for at the version staclearn writes
+    (classification v1.1.0, processing v1.2.0, MLM v1.5.2); the others go through
+    pystac's ``XExtension.ext(obj, add_if_missing=True)``.
+    """
+    if uri not in obj.stac_extensions:
+        obj.stac_extensions.append(uri)
+
+
+def _owner(obj: pystac.Item | pystac.Asset) -> pystac.Item | pystac.Collection:
+    owner = obj.owner if isinstance(obj, pystac.Asset) else obj
+    if not isinstance(owner, (pystac.Item, pystac.Collection)):
+        raise PublishError(f"Asset {obj!r} has no owner Item; add it to an Item before its extension fields.")
+    return owner
+
+
+def _classification(obj: pystac.Item | pystac.Asset, classes: Sequence[ClassInfo]) -> None:
+    """``classification:classes`` (v1.1.0) on an Item or an asset already added to its Item.
+
+    pystac's ``ClassificationExtension`` writes v2.0.0, whose schema has no local copy for
+    offline validation, so the v1.1.0 field is set directly and its schema declared.
+    """
+    fields = obj.properties if isinstance(obj, pystac.Item) else obj.extra_fields
+    fields["classification:classes"] = [c.to_dict() for c in classes]
+    add_schema(_owner(obj), CLASSIFICATION_SCHEMA)
+
+
+def _processing(item: pystac.Item, lineage: str) -> None:
+    """Processing extension (v1.2.0; pystac has no class for it): software, lineage, level L4."""
+    item.properties["processing:software"] = {"staclearn": _version()}
+    item.properties["processing:lineage"] = lineage
+    item.properties["processing:level"] = "L4"
+    add_schema(item, PROCESSING_SCHEMA)
+
+
 def class_map_item(
     cog_href: str,
     class_map: xr.DataArray,
@@ -124,17 +164,7 @@ def class_map_item(
     props: dict[str, Any] = {
         "start_datetime": start.isoformat().replace("+00:00", "Z") if start else None,
         "end_datetime": end.isoformat().replace("+00:00", "Z") if end else None,
-        "proj:code": f"EPSG:{geobox.crs.epsg}" if geobox.crs.epsg else None,
-        "proj:shape": list(geobox.shape.yx),
-        "proj:transform": list(geobox.affine)[:6],
-        "proj:bbox": list(geobox.boundingbox),
-        "processing:software": {"staclearn": _version()},
-        "processing:lineage": lineage
-        or "Tiled inference of the model in the derived_from MLM card over the derived_from imagery.",
-        "processing:level": "L4",
     }
-    if geobox.crs.epsg is None:
-        props["proj:wkt2"] = geobox.crs.to_wkt()
     item = pystac.Item(
         id=id,
         geometry=geometry,
@@ -143,22 +173,25 @@ def class_map_item(
         properties={k: v for k, v in props.items() if v is not None},
         collection=collection,
     )
-    item.stac_extensions = [PROJ_SCHEMA, RASTER_SCHEMA, CLASSIFICATION_SCHEMA, PROCESSING_SCHEMA]
-    res = abs(geobox.resolution.x)
-    item.add_asset(
-        asset_key,
-        pystac.Asset(
-            href=cog_href,
-            media_type=pystac.MediaType.COG,
-            roles=["data"],
-            title=title,
-            extra_fields={
-                "classification:classes": [c.to_dict() for c in classes],
-                "raster:bands": [
-                    {"nodata": nodata, "data_type": "uint8", "spatial_resolution": res, "sampling": "area"}
-                ],
-            },
-        ),
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    proj.code = f"EPSG:{geobox.crs.epsg}" if geobox.crs.epsg else None
+    proj.shape = list(geobox.shape.yx)
+    proj.transform = list(geobox.affine)[:6]
+    proj.bbox = list(geobox.boundingbox)
+    if geobox.crs.epsg is None:
+        proj.wkt2 = geobox.crs.to_wkt()
+    asset = pystac.Asset(href=cog_href, media_type=pystac.MediaType.COG, roles=["data"], title=title)
+    item.add_asset(asset_key, asset)
+    raster = RasterExtension.ext(asset, add_if_missing=True)
+    _classification(asset, classes)
+    raster.bands = [
+        RasterBand.create(
+            nodata=nodata, data_type=DataType.UINT8, spatial_resolution=abs(geobox.resolution.x), sampling=Sampling.AREA
+        )
+    ]
+    _processing(
+        item,
+        lineage or "Tiled inference of the model in the derived_from MLM card over the derived_from imagery.",
     )
     _provenance(item, source_items, model_card)
     return item
@@ -256,10 +289,6 @@ def vector_item(
     props: dict[str, Any] = {
         "start_datetime": start.isoformat().replace("+00:00", "Z") if start else None,
         "end_datetime": end.isoformat().replace("+00:00", "Z") if end else None,
-        "processing:software": {"staclearn": _version()},
-        "processing:lineage": lineage
-        or "Chips around each footprint classified by the model in the derived_from MLM card over the derived_from imagery.",
-        "processing:level": "L4",
     }
     item = pystac.Item(
         id=id,
@@ -269,25 +298,24 @@ def vector_item(
         properties={k: v for k, v in props.items() if v is not None},
         collection=collection,
     )
-    item.stac_extensions = [CLASSIFICATION_SCHEMA, PROCESSING_SCHEMA]
     files = {asset_key: href, **dict(extra_assets or {})}
     for key, path in files.items():
         media = GEOJSON_MEDIA_TYPE if str(path).endswith((".geojson", ".json")) else GEOPARQUET_MEDIA_TYPE
-        item.add_asset(
-            key,
-            pystac.Asset(
-                href=path,
-                media_type=media,
-                roles=["data"],
-                title=title,
-                extra_fields={
-                    "classification:classes": [c.to_dict() for c in classes],
-                    "staclearn:class_field": class_field,
-                    "staclearn:row_count": int(len(table)),
-                    "staclearn:class_counts": {str(int(k)): int(v) for k, v in counts.items()},
-                },
-            ),
+        asset = pystac.Asset(href=path, media_type=media, roles=["data"], title=title)
+        item.add_asset(key, asset)
+        _classification(asset, classes)
+        asset.extra_fields.update(
+            {
+                "staclearn:class_field": class_field,
+                "staclearn:row_count": int(len(table)),
+                "staclearn:class_counts": {str(int(k)): int(v) for k, v in counts.items()},
+            }
         )
+    _processing(
+        item,
+        lineage
+        or "Chips around each footprint classified by the model in the derived_from MLM card over the derived_from imagery.",
+    )
     _provenance(item, source_items, model_card)
     return item
 

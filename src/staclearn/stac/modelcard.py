@@ -19,8 +19,17 @@ from typing import Any
 
 import pystac
 import torch
+from pystac.extensions.file import FileExtension
+from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 
-from staclearn.errors import ModelCardError, StaclearnError, WeightsNotFoundError
+from staclearn._io import FsspecStacIO, file_multihash, is_url, local_path
+from staclearn.errors import (
+    ModelCardError,
+    StacApiError,
+    StaclearnError,
+    WeightsChecksumError,
+    WeightsNotFoundError,
+)
 from staclearn.models.classifier import ClassifierSpec, ObjectClassifier
 from staclearn.models.segmentation import (
     LANDSAT_ETM_BANDS,
@@ -32,10 +41,18 @@ from staclearn.models.segmentation import (
     model_from_spec,
     pair_band_names,
 )
-from staclearn._io import FsspecStacIO
-from staclearn.stac.items import unsigned_href
+from staclearn.stac.items import add_schema, unsigned_href
 
-__all__ = ["MLM_SCHEMA", "CLASSIFICATION_SCHEMA", "model_card", "spec_from_card", "read_card", "load_model", "WEIGHTS_ASSET"]
+__all__ = [
+    "MLM_SCHEMA",
+    "CLASSIFICATION_SCHEMA",
+    "model_card",
+    "spec_from_card",
+    "read_card",
+    "check_weights",
+    "load_model",
+    "WEIGHTS_ASSET",
+]
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
 CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v1.1.0/schema.json"
@@ -213,24 +230,28 @@ def model_card(
     if geometry is None and training_items:
         geometry, bbox = _union_geometry(training_items)
     item = pystac.Item(id=id, geometry=geometry, bbox=list(bbox) if bbox else None, datetime=when, properties=props)
-    item.stac_extensions = [MLM_SCHEMA, CLASSIFICATION_SCHEMA, RASTER_SCHEMA]
-    item.add_asset(
-        WEIGHTS_ASSET,
-        pystac.Asset(
-            href=weights_href,
-            media_type=SAFETENSORS_MEDIA_TYPE,
-            roles=["mlm:model", "mlm:weights", "data"],
-            title=f"{name} weights (safetensors)",
-            # MLM requires named input bands described by eo, raster or STAC 1.1 bands; raster:bands
-            # on the model asset is the MLM spec's own example and its schema is available offline
-            extra_fields={
-                "mlm:artifact_type": "safetensors",
-                "raster:bands": [
-                    {"name": b, "data_type": "float32"} for b in (spec.extra["date_bands"] if two_dates else spec.bands)
-                ],
-            },
-        ),
+    # pystac's MLM and classification classes write v1.4.0 / v2.0.0: the v1.5.2 / v1.1.0 fields
+    # are plain properties and their schemas are declared; raster and file go through pystac
+    add_schema(item, MLM_SCHEMA)
+    add_schema(item, CLASSIFICATION_SCHEMA)
+    weights = pystac.Asset(
+        href=weights_href,
+        media_type=SAFETENSORS_MEDIA_TYPE,
+        roles=["mlm:model", "mlm:weights", "data"],
+        title=f"{name} weights (safetensors)",
+        extra_fields={"mlm:artifact_type": "safetensors"},
     )
+    item.add_asset(WEIGHTS_ASSET, weights)
+    # MLM requires named input bands described by eo, raster or STAC 1.1 bands; raster:bands on
+    # the model asset is the MLM spec's own example and its schema is available offline
+    RasterExtension.ext(weights, add_if_missing=True).bands = [
+        RasterBand({"name": b, "data_type": DataType.FLOAT32})
+        for b in (spec.extra["date_bands"] if two_dates else spec.bands)
+    ]
+    local = local_path(weights_href)
+    if not is_url(weights_href) and os.path.isabs(local) and os.path.isfile(local):
+        # issue 17: load_model checks the weights against this before loading them
+        FileExtension.ext(weights, add_if_missing=True).checksum = file_multihash(local)
     for src in training_items:
         href = src.get_self_href()
         if href:
@@ -387,17 +408,59 @@ def read_card(href: str | os.PathLike[str]) -> pystac.Item:
 
     Raises:
         ModelCardError: the file cannot be read or is not a STAC Item.
+        StacApiError: an http(s) server kept answering 429 / 5xx (or could not be reached)
+            after the retries of :class:`~staclearn._io.FsspecStacIO`.
     """
     href = os.fspath(href)
     if "://" not in href:
         href = os.path.abspath(href)
     try:
         return pystac.Item.from_file(href, stac_io=FsspecStacIO())
+    except StacApiError:  # the server kept failing after the retries: its status says more
+        raise
     except (OSError, ValueError) as err:
         raise ModelCardError(
             f"Model card {href!r} cannot be read ({err}); pass the path or URL of the MLM card "
             "Item JSON (e.g. runs/nc/<run>/<run>-model/<run>-model.json)."
         ) from err
+
+
+def check_weights(card: pystac.Item, asset_key: str = WEIGHTS_ASSET) -> bool:
+    """Check a card's weights file against the SHA-256 its asset records (``file:checksum``).
+
+    Args:
+        card: the model-card Item (with its self href, so relative asset hrefs resolve).
+        asset_key: key of the weights asset.
+
+    Returns:
+        True when the checksum was checked and matches; False when the asset records no
+        ``file:checksum`` (cards written before 0.2) or one that is not a sha2-256 multihash,
+        so there is nothing to check.
+
+    Raises:
+        WeightsChecksumError: the file's SHA-256 differs from the recorded one (the message
+            names the card, the asset href and both checksums).
+        FileNotFoundError: the weights file is not at the asset's href.
+        ModelCardError: the card has no asset ``asset_key``.
+    """
+    asset = card.assets.get(asset_key)
+    if asset is None:
+        raise ModelCardError(f"Model card {card.id!r} has no asset {asset_key!r}; its assets are {sorted(card.assets)}.")
+    expected = FileExtension.ext(asset).checksum if FileExtension.has_extension(card) else None
+    if not expected or not expected.lower().startswith("1220"):
+        return False
+    href = asset.get_absolute_href() or asset.href
+    found = file_multihash(href)
+    if found != expected.lower():
+        where = card.get_self_href() or card.id
+        raise WeightsChecksumError(
+            f"The weights of model card {card.id!r} ({where}) do not match it: asset {asset_key!r} at {href} "
+            f"has file:checksum {expected} but the file's is {found}. The file was changed, replaced or only "
+            "partly copied: re-download the weights (or the whole run folder) from where the card was "
+            "published, or, if these are the weights you mean to use, re-export the card with "
+            "staclearn.model_card() so it records them."
+        )
+    return True
 
 
 def load_model(
@@ -427,6 +490,8 @@ def load_model(
     Raises:
         ModelCardError: the card has no ``mlm:model`` asset or lacks MLM fields.
         WeightsNotFoundError: the weights file is not at the asset's href.
+        WeightsChecksumError: the weights file does not match the asset's ``file:checksum``
+            (cards written before 0.2 carry none and are loaded unchecked).
         UnsafeWeightsError: the weights are not safetensors.
     """
     from staclearn.inference.engines import load_onnx_model, resolve_engine
@@ -442,13 +507,15 @@ def load_model(
         ObjectClassifier(spec) if isinstance(spec, ClassifierSpec) else model_from_spec(spec)
     )
     href = assets[0].get_absolute_href() or assets[0].href
+    key = next(k for k, a in item.assets.items() if a is assets[0])
     try:
+        check_weights(item, key)
         load_weights(model, href)
     except FileNotFoundError as err:
         if isinstance(err, StaclearnError):
             raise
         raise WeightsNotFoundError(
-            f"The weights of model card {item.id!r} are not at {href} (asset {next(k for k, a in item.assets.items() if a is assets[0])!r}): "
+            f"The weights of model card {item.id!r} are not at {href} (asset {key!r}): "
             "copy the weights file beside the card, or fix the asset href."
         ) from err
     model.engine = "torch"  # type: ignore[assignment]

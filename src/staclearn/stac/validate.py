@@ -1,12 +1,14 @@
 """Offline validation of STAC objects against core and extension JSON schemas.
 
-The core STAC schemas are the ones bundled inside pystac (``pystac/validation/jsonschemas``,
-STAC 1.1.0 only, mapped to their URIs by
-:func:`pystac.validation.local_validator.get_local_schema_cache`). Extension schemas are read
-from a local folder of JSON files (``schema_dir``). Every ``$ref`` is resolved from these two
-sources through one :class:`referencing.Registry` whose retrieve function refuses any other
-URI: nothing is ever fetched from the network. An extension listed in ``stac_extensions``
-without a local schema is not fetched; it is reported as skipped.
+:class:`OfflineSTACValidator` is pystac's
+:class:`~pystac.validation.stac_validator.JsonSchemaSTACValidator` with an offline schema
+cache: the core STAC schemas bundled inside pystac (``pystac/validation/jsonschemas``, STAC
+1.1.0 only, :func:`pystac.validation.local_validator.get_local_schema_cache`, which the
+parent class starts from) plus the extension schemas of a local folder of JSON files
+(``schema_dir``). Every ``$ref`` is resolved from these two sources through one
+:class:`referencing.Registry` whose retrieve function refuses any other URI: nothing is ever
+fetched from the network. An extension listed in ``stac_extensions`` without a local schema
+is not fetched; it is reported as skipped.
 
 Why a path and an object can give different answers: pystac migrates extension URIs when it
 reads a file (for example classification v1.1.0 becomes v2.0.0 in memory), so validating a
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,14 @@ import jsonschema
 import pystac
 import referencing
 import referencing.jsonschema
-from pystac.validation.local_validator import get_local_schema_cache
+from pystac.stac_object import STACObjectType
+from pystac.validation.schema_uri_map import SchemaUriMap
+from pystac.validation.stac_validator import JsonSchemaSTACValidator
 from referencing.exceptions import Unresolvable
 
 from staclearn.errors import CatalogNotFoundError, ConfigError, StacValidationError
 
-__all__ = ["SCHEMA_DIR_ENV", "ValidationReport", "validate", "validate_catalog"]
+__all__ = ["SCHEMA_DIR_ENV", "ValidationReport", "OfflineSTACValidator", "validate", "validate_catalog"]
 
 #: Environment variable naming the default extension schema folder of :func:`validate`.
 SCHEMA_DIR_ENV = "STACLEARN_SCHEMA_DIR"
@@ -60,14 +64,6 @@ class ValidationReport:
     """Extension schema URIs, from ``stac_extensions``, that it validated against."""
     skipped: tuple[str, ...]
     """Schema URIs with no local copy; they were neither fetched nor checked."""
-
-
-@dataclass(frozen=True)
-class _Schemas:
-    """Validators for every local schema, keyed by the URI an object names them by."""
-
-    core: Mapping[str, jsonschema.protocols.Validator]
-    extensions: Mapping[str, jsonschema.protocols.Validator]
 
 
 def _refuse_retrieve(uri: str) -> referencing.Resource[Any]:
@@ -133,31 +129,140 @@ def _read_schema_dir(schema_dir: Path) -> tuple[dict[str, Any], dict[str, dict[s
     return resources, extensions
 
 
-def _load_schemas(schema_dir: str | os.PathLike[str] | None) -> _Schemas:
-    if schema_dir is None:
-        schema_dir = os.environ.get(SCHEMA_DIR_ENV) or None
-    core_contents = get_local_schema_cache()
-    resources = {
-        uri: referencing.jsonschema.DRAFT7.create_resource(contents)
-        for uri, contents in core_contents.items()
-    }
-    extension_contents: dict[str, dict[str, Any]] = {}
-    if schema_dir is not None:
-        local, extension_contents = _read_schema_dir(Path(schema_dir))
-        resources.update(local)
-    registry: referencing.Registry[Any] = referencing.Registry(
-        retrieve=_refuse_retrieve  # type: ignore[call-arg]
-    ).with_resources(resources.items())
+class _CoreSchemaUris(SchemaUriMap):
+    """Core schema URI of an object: ``https://schemas.stacspec.org/v{version}/...`` for every
+    version (pystac's default map also knows pre-1.0 locations, which are never local)."""
 
-    def validator(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
-        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-        return cls(schema, registry=registry)
+    def get_object_schema_uri(self, object_type: STACObjectType, stac_version: str) -> str | None:
+        kind = _KINDS.get(str(object_type))
+        return _CORE_SCHEMA.format(version=stac_version, kind=kind) if kind else None
 
-    top_level = tuple(f"/{kind}.json" for kind in _KINDS.values())
-    return _Schemas(
-        core={u: validator(c) for u, c in core_contents.items() if u.endswith(top_level)},
-        extensions={u: validator(s) for u, s in extension_contents.items()},
-    )
+
+class _SchemaFailure(StacValidationError):
+    """One schema's failures, collected by :func:`_validate_dict` into one StacValidationError."""
+
+
+class OfflineSTACValidator(JsonSchemaSTACValidator):
+    """pystac's JSON-schema validator, offline: schemas come from a local cache only.
+
+    The cache starts as pystac's bundled core schemas (the parent class's ``schema_cache``)
+    and gets every ``*.json`` of ``schema_dir``, keyed by its ``$id`` and, when a schema
+    requires one other URI in ``stac_extensions`` (processing v1.1.0 carries the ``$id`` of
+    v1.0.0), by that URI. A schema or ``$ref`` outside the cache is never fetched:
+    :meth:`validate_core` and :meth:`validate_extension` skip (return None for) objects
+    whose schema has no local copy, and a ``$ref`` to an unknown URI fails with a message
+    that names it.
+
+    Use it with pystac (``pystac.validation.set_validator(OfflineSTACValidator(folder))``
+    makes ``item.validate()`` offline) or through :func:`validate` / :func:`validate_catalog`,
+    which report every failing schema at once.
+
+    Args:
+        schema_dir: Folder of extension schema ``*.json`` files; None: core schemas only.
+
+    Raises:
+        ConfigError: ``schema_dir`` is not a folder, or a schema file in it is not JSON or
+            has no ``$id``.
+    """
+
+    def __init__(self, schema_dir: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(_CoreSchemaUris())
+        top_level = tuple(f"/{kind}.json" for kind in _KINDS.values())
+        self.core_uris: frozenset[str] = frozenset(u for u in self.schema_cache if u.endswith(top_level))
+        """URIs of the core Catalog / Collection / Item schemas in the cache."""
+        resources = {
+            uri: referencing.jsonschema.DRAFT7.create_resource(contents) for uri, contents in self.schema_cache.items()
+        }
+        extensions: dict[str, dict[str, Any]] = {}
+        if schema_dir is not None:
+            local, extensions = _read_schema_dir(Path(schema_dir))
+            resources.update(local)
+            self.schema_cache.update({uri: resource.contents for uri, resource in local.items()})
+        self.extension_uris: frozenset[str] = frozenset(extensions)
+        """Extension URIs (as named in ``stac_extensions``, without ``#``) with a local schema."""
+        self._registry: referencing.Registry[Any] = referencing.Registry(
+            retrieve=_refuse_retrieve  # type: ignore[call-arg]
+        ).with_resources(resources.items())
+        self._validators: dict[str, jsonschema.protocols.Validator] = {}
+
+    @property
+    def registry(self) -> Any:
+        """The offline :class:`referencing.Registry` of every cached schema."""
+        return self._registry
+
+    def _get_schema(self, schema_uri: str) -> dict[str, Any]:
+        """The cached schema of ``schema_uri``; never fetched.
+
+        Raises:
+            StacValidationError: no local copy of ``schema_uri``.
+        """
+        uri = _normalise(schema_uri)
+        if uri not in self.schema_cache:
+            raise StacValidationError(
+                f"No local copy of the schema {schema_uri} (nothing is fetched); add it to the schema "
+                f"folder ({SCHEMA_DIR_ENV})."
+            )
+        return self.schema_cache[uri]
+
+    def validate_core(
+        self,
+        stac_dict: dict[str, Any],
+        stac_object_type: STACObjectType,
+        stac_version: str,
+        href: str | None = None,
+    ) -> str | None:
+        """Validate against the core schema of ``stac_version``; None (skipped) when pystac
+        bundles none for that version.
+
+        Raises:
+            StacValidationError: the object fails its core schema.
+        """
+        if self.schema_uri_map.get_object_schema_uri(stac_object_type, stac_version) not in self.core_uris:
+            return None
+        return super().validate_core(stac_dict, stac_object_type, stac_version, href)
+
+    def validate_extension(
+        self,
+        stac_dict: dict[str, Any],
+        stac_object_type: STACObjectType,
+        stac_version: str,
+        extension_id: str,
+        href: str | None = None,
+    ) -> str | None:
+        """Validate against the local schema of ``extension_id``; None (skipped, never
+        fetched) when there is no local copy.
+
+        Raises:
+            StacValidationError: the object fails the extension schema.
+        """
+        if _normalise(extension_id) not in self.extension_uris:
+            return None
+        return super().validate_extension(stac_dict, stac_object_type, stac_version, extension_id, href)
+
+    def _validator(self, schema_uri: str) -> jsonschema.protocols.Validator:
+        uri = _normalise(schema_uri)
+        if uri not in self._validators:
+            schema = self._get_schema(uri)
+            cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
+            self._validators[uri] = cls(schema, registry=self._registry)
+        return self._validators[uri]
+
+    def _validate_from_uri(
+        self,
+        stac_dict: dict[str, Any],
+        stac_object_type: STACObjectType,
+        schema_uri: str,
+        href: str | None = None,
+    ) -> None:
+        """Validate against one cached schema.
+
+        Raises:
+            StacValidationError: the object fails the schema, or a ``$ref`` has no local copy
+                (the message names the JSON paths and errors).
+        """
+        failure = _check(stac_dict, schema_uri, self._validator(schema_uri))
+        if failure is not None:
+            raise _SchemaFailure(failure)
 
 
 def _leaves(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
@@ -199,7 +304,7 @@ def _check(stac: dict[str, Any], uri: str, validator: jsonschema.protocols.Valid
     return f"{uri} " + ", ".join(parts) + more
 
 
-def _validate_dict(stac: dict[str, Any], schemas: _Schemas) -> ValidationReport:
+def _validate_dict(stac: dict[str, Any], validator: OfflineSTACValidator) -> ValidationReport:
     object_id = str(stac.get("id", "<no id>"))
     kind = _KINDS.get(str(stac.get("type")))
     if kind is None:
@@ -207,23 +312,29 @@ def _validate_dict(stac: dict[str, Any], schemas: _Schemas) -> ValidationReport:
             f"STAC object {object_id!r} has type {stac.get('type')!r}; only Item ('Feature'), "
             "Collection and Catalog can be validated."
         )
-    core_uri = _CORE_SCHEMA.format(version=stac.get("stac_version", "?"), kind=kind)
+    object_type = STACObjectType(str(stac.get("type")))
+    version = str(stac.get("stac_version", "?"))
+    core_uri = _CORE_SCHEMA.format(version=version, kind=kind)
     failures: list[str] = []
     skipped: list[str] = []
-    core_validator = schemas.core.get(core_uri)
-    if core_validator is None:
+    has_core = core_uri in validator.core_uris
+    if not has_core:
         skipped.append(core_uri)
-    elif (failure := _check(stac, core_uri, core_validator)) is not None:
-        failures.append(failure)
+    else:
+        try:
+            validator.validate_core(stac, object_type, version)
+        except _SchemaFailure as failure:
+            failures.append(str(failure))
     validated: list[str] = []
     for uri in stac.get("stac_extensions") or []:
-        ext_validator = schemas.extensions.get(_normalise(uri))
-        if ext_validator is None:
+        if _normalise(uri) not in validator.extension_uris:
             skipped.append(uri)
             continue
         validated.append(uri)
-        if (failure := _check(stac, uri, ext_validator)) is not None:
-            failures.append(failure)
+        try:
+            validator.validate_extension(stac, object_type, version, uri)
+        except _SchemaFailure as failure:
+            failures.append(str(failure))
     if failures:
         raise StacValidationError(
             f"STAC {kind} {object_id!r} does not validate: "
@@ -233,10 +344,16 @@ def _validate_dict(stac: dict[str, Any], schemas: _Schemas) -> ValidationReport:
         )
     return ValidationReport(
         object_id=object_id,
-        core_schema=core_uri if core_validator is not None else None,
+        core_schema=core_uri if has_core else None,
         validated=tuple(validated),
         skipped=tuple(skipped),
     )
+
+
+def _validator_for(schema_dir: str | os.PathLike[str] | None) -> OfflineSTACValidator:
+    if schema_dir is None:
+        schema_dir = os.environ.get(SCHEMA_DIR_ENV) or None
+    return OfflineSTACValidator(schema_dir)
 
 
 def _as_dict(obj: pystac.STACObject | dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +398,7 @@ def validate(
             schema file in it is not JSON or has no ``$id``.
         TypeError: If ``obj`` is neither a pystac STAC object nor a dict.
     """
-    return _validate_dict(_as_dict(obj), _load_schemas(schema_dir))
+    return _validate_dict(_as_dict(obj), _validator_for(schema_dir))
 
 
 def _walk_files(root: str) -> Iterator[dict[str, Any]]:
@@ -349,7 +466,7 @@ def validate_catalog(
         CatalogNotFoundError: If ``root`` or a linked file is missing, unreadable or remote.
         ConfigError: If ``schema_dir`` is not a folder of readable schemas with ``$id``.
     """
-    schemas = _load_schemas(schema_dir)
+    schemas = _validator_for(schema_dir)
     count = 0
     if isinstance(root, pystac.Catalog):
         for catalog, _, items in root.walk():
