@@ -212,6 +212,24 @@ def test_label_without_georeference_only_when_its_shape_is_the_grid(tmp_path):
     assert np.array_equal(labels.values, (values == 2).astype(np.uint8))
 
 
+def test_unreadable_label_raster_and_png_are_named_errors(tmp_path):
+    """A truncated label raster and a corrupt PNG raise staclearn errors that name the file."""
+    from staclearn.errors import AssetReadError, ImageryNotFoundError
+
+    b, a, labels = _pair_items(tmp_path, "p", 0)
+    href = Path(labels.assets["labels"].get_absolute_href())
+    href.write_bytes(href.read_bytes()[:200])  # truncated
+    with pytest.raises(AssetReadError, match=r"'labels' of Item 'p-labels'.*cannot be read") as err:
+        load_pair([b], [a], bands=["b1"], label_item=labels)
+    assert (err.value.item_id, err.value.asset, err.value.href) == ("p-labels", "labels", str(href))
+    png = tmp_path / "a.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.raises(ImageryNotFoundError, match="a.png.*cannot be read"):
+        load_png_pair(png, png)
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # ImageryNotFoundError is one
+        load_png_pair(tmp_path / "missing.png", png)
+
+
 def test_stack_pair_orders_before_then_after_and_checks_grids():
     pairs = _synthetic_pairs(2)
     before, after, _ = pairs["city0"]

@@ -38,6 +38,7 @@ from staclearn.data.labels import (
 from staclearn.data.search import bbox_intersects, item_time_range
 from staclearn.errors import (
     AssetNotFoundError,
+    AssetReadError,
     BandMismatchError,
     ConfigError,
     DateOrderError,
@@ -168,20 +169,27 @@ def _change_indices(idx: np.ndarray, classes: Sequence[ClassInfo], item_id: str)
 def _load_change_labels(item: pystac.Item, asset: str, geobox: GeoBox) -> xr.DataArray:
     import rasterio
     from odc.geo.xr import xr_coords
-    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     if asset not in item.assets:
         raise AssetNotFoundError(
             f"Label Item {item.id!r} has no asset {asset!r}; it has {sorted(item.assets)}. Pass label_asset=."
         )
     href = item.assets[asset].get_absolute_href() or item.assets[asset].href
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(href) as src:
-            georef = src.crs is not None  # without a CRS nothing can be reprojected
-            shape = (src.height, src.width)
-            raw = None if georef else src.read(1)
-            file_nodata = src.nodata
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(href) as src:
+                georef = src.crs is not None  # without a CRS nothing can be reprojected
+                shape = (src.height, src.width)
+                raw = None if georef else src.read(1)
+                file_nodata = src.nodata
+    except RasterioError as err:
+        raise AssetReadError(
+            f"Label asset {asset!r} of Item {item.id!r} ({href}) cannot be read ({err}): the file is missing, "
+            "truncated or corrupt, or its host refused it. Fix the file or the asset href.",
+            item_id=item.id, asset=asset, href=href,
+        ) from err
     classes = classes_from_item(item, asset)
     if georef:  # any grid, any CRS: reprojected onto the pair's GeoBox with nearest neighbour
         idx = load_label_raster(item, geobox, asset=asset, classes=classes).values
@@ -269,6 +277,7 @@ def load_pair(
             pixel on the grid.
         GeoBoxMismatchError: the label raster has no georeference and a different shape.
         AssetNotFoundError: the label Item has no ``label_asset``.
+        AssetReadError: the label raster cannot be read (missing, truncated or corrupt file).
         LabelError: the label Item does not declare two classes.
     """
     before, after = list(before_items), list(after_items)
@@ -330,20 +339,23 @@ def load_png_pair(
         NoGeoreferenceWarning: always, saying the pair has no georeference.
 
     Raises:
-        ImageryNotFoundError: a file does not exist (a ``FileNotFoundError`` too).
+        ImageryNotFoundError: a file does not exist or cannot be read (a ``FileNotFoundError`` too).
         BandMismatchError: an image has fewer than ``len(bands)`` bands.
         GeoBoxMismatchError: the images (or the label) differ in shape.
     """
     import rasterio
-    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
     def read(path: str | os.PathLike[str]) -> np.ndarray:
         if not Path(path).is_file():
             raise ImageryNotFoundError(f"{os.fspath(path)!r} does not exist.")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                return src.read()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as src:
+                    return src.read()
+        except RasterioError as err:
+            raise ImageryNotFoundError(f"{os.fspath(path)!r} cannot be read as an image ({err}): truncated or corrupt?") from err
 
     a, b = read(a_path), read(b_path)
     for path, arr in ((a_path, a), (b_path, b)):

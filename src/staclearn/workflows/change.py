@@ -562,32 +562,26 @@ def _predict(
     return preds, masks, probs
 
 
-def _hyperparameters(config: ChangeConfig, split: CitySplit, threshold: Mapping[str, Any]) -> dict[str, Any]:
+def _hyperparameters(c: ChangeConfig, split: CitySplit, threshold: Mapping[str, Any]) -> dict[str, Any]:
     """The run's settings for ``mlm:hyperparameters``, beside those the trainer reports."""
+    augmentation = "kornia flips/rotation/zoom/shift, one transform for both dates and the mask"
+    augmentation += (f"; date swap p={c.date_swap:g}" if c.date_swap else "") + (
+        f"; per-date radiometric jitter {c.radiometric:g}" if c.radiometric else "")
     return {
-        "tile_size": config.tile_size,
-        "stride": config.stride,
-        "loss": f"cross-entropy ({config.class_weights or 'unweighted'} class weights) + {config.dice:g} x Dice(change)",
-        "augmentation": (
-            "kornia flips/rotation/zoom/shift, one transform for both dates and the mask"
-            + (f"; date swap p={config.date_swap:g}" if config.date_swap else "")
-            + (f"; per-date radiometric jitter {config.radiometric:g}" if config.radiometric else "")
-        )
-        if config.augment
-        else "none",
-        "resampling": config.resampling,
+        "tile_size": c.tile_size,
+        "stride": c.stride,
+        "loss": f"cross-entropy ({c.class_weights or 'unweighted'} class weights) + {c.dice:g} x Dice(change)",
+        "augmentation": augmentation if c.augment else "none",
+        "resampling": c.resampling,
         "decision_threshold": f"change where p(change) >= {threshold['value']:.4f}: {threshold['method']}",
-        "sampling": f"chips holding change drawn {config.oversample_change:g}x as often"
-        if config.oversample_change
+        "sampling": f"chips holding change drawn {c.oversample_change:g}x as often" if c.oversample_change
         else "each chip once per epoch",
-        "seed": config.seed,
-        "split_seed": config.split_seed,
-        "epoch_selection": f"best {config.monitor} on the validation chips"
-        + (f", early stopping after {config.patience} epochs" if config.patience else ""),
-        "split": (
-            f"by city; training cities {list(split.train)}, validation cities {list(split.valid)}, "
-            f"test cities {list(split.test)}"
-        ),
+        "seed": c.seed,
+        "split_seed": c.split_seed,
+        "epoch_selection": f"best {c.monitor} on the validation chips"
+        + (f", early stopping after {c.patience} epochs" if c.patience else ""),
+        "split": f"by city; training cities {list(split.train)}, validation cities {list(split.valid)}, "
+        f"test cities {list(split.test)}",
     }
 
 
