@@ -16,7 +16,13 @@ import rasterio
 import torch
 
 from staclearn.data.cube import load_cube
-from staclearn.errors import AssetNotFoundError, MissingDependencyError
+from staclearn.errors import (
+    AssetNotFoundError,
+    ConfigError,
+    ImageryNotFoundError,
+    MalformedStacError,
+    MissingDependencyError,
+)
 from staclearn.data.labels import classes_from_item
 from staclearn.viz.maps import class_colors, interactive_map, plot_prediction, prediction_layers
 from staclearn.stac.modelcard import model_card
@@ -114,6 +120,13 @@ def test_layers_from_item_or_cube_agree(published):
     np.testing.assert_allclose(from_cube.rgb, from_links.rgb, atol=1e-6, equal_nan=True)
     with pytest.raises(AssetNotFoundError, match="nope"):
         prediction_layers(item, asset="nope")
+    # bad input: named errors (a missing file, a Catalog where an Item is expected, alpha out of range)
+    with pytest.raises(ImageryNotFoundError, match="cannot be read"):
+        prediction_layers(item_path.parent / "missing.json")
+    with pytest.raises(MalformedStacError, match="not a STAC Item"):
+        prediction_layers(NC_CATALOG)
+    with pytest.raises(ConfigError, match="alpha"):
+        plot_prediction(item, alpha=2)
 
 
 def test_interactive_map(published, tmp_path, monkeypatch):

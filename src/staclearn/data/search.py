@@ -330,7 +330,7 @@ def _iter_static(src: str) -> Iterable[pystac.Item]:
         raise MalformedStacError(
             f"{_culprit(src)} is not JSON ({err}); fix the file or rebuild the catalog."
         ) from err
-    except (KeyError, TypeError, ValueError, AttributeError, pystac.STACError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, pystac.STACError, pystac.STACTypeError) as err:
         raise MalformedStacError(
             f"{_culprit(src)} is malformed ({type(err).__name__}: {err}); every Item needs "
             "'id', 'geometry', 'properties.datetime' (or start/end_datetime), 'links' and 'assets'. "

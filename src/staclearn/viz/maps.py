@@ -24,7 +24,13 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from staclearn.errors import AssetNotFoundError, ConfigError, ImageryNotFoundError, MissingDependencyError
+from staclearn.errors import (
+    AssetNotFoundError,
+    ConfigError,
+    ImageryNotFoundError,
+    MalformedStacError,
+    MissingDependencyError,
+)
 from staclearn.data.labels import ClassInfo
 from staclearn._io import FsspecStacIO
 
@@ -85,6 +91,10 @@ def _read_item(item: pystac.Item | str | os.PathLike[str]) -> pystac.Item:
         return pystac.Item.from_file(href, stac_io=FsspecStacIO())
     except (OSError, ValueError) as err:
         raise ImageryNotFoundError(f"Prediction Item {href!r} cannot be read ({err}); pass its path or URL.") from err
+    except (pystac.STACError, pystac.STACTypeError, KeyError, TypeError) as err:
+        raise MalformedStacError(
+            f"{href!r} is not a STAC Item ({type(err).__name__}: {err}); pass the class-map or change-mask Item JSON."
+        ) from err
 
 
 def _class_asset(item: pystac.Item, asset: str | None) -> str:
@@ -186,6 +196,7 @@ def prediction_layers(
 
     Raises:
         ImageryNotFoundError: the Item cannot be read.
+        MalformedStacError: the file is JSON but not a STAC Item (e.g. a Catalog).
         AssetNotFoundError: no class-map asset, or ``bands`` not in the imagery.
     """
     import rasterio
