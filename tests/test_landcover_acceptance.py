@@ -176,3 +176,49 @@ def test_pickle_weights_in_a_card_are_refused(nc_run, tmp_path):
     with pytest.raises(UnsafeWeightsError):
         load_model(tmp_path / "card.json")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_threaded_warps_print_no_stray_georef_warning(nc_catalog):
+    """The stray ``NotGeoreferencedWarning`` (rasterio ``warp.py:387``) of land-cover, change and
+    predict runs: rasterio hides the warning of its own scratch MEM dataset inside
+    ``warnings.catch_warnings()``, which is not thread-safe, so odc-stac's warps in dask threads
+    let it escape. ``load_cube`` filters that one message; warping from four threads at once
+    (as odc-stac does for bands off the cube's grid) then prints nothing."""
+    import threading
+    import warnings
+
+    from affine import Affine
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.warp import Resampling, reproject
+
+    from staclearn.data.cube import load_cube
+    from staclearn.data.search import open_items
+    from staclearn.workflows.landcover import split_label_items
+
+    shown: list[tuple[type, str]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda message, category, *a, **k: shown.append((category, str(message)))
+        imagery, _ = split_label_items(open_items(nc_catalog))
+        load_cube(imagery, bands=["b1"])  # installs the filter, as every cube load does
+        src = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+
+        def warp() -> None:
+            for _ in range(150):
+                dst = np.empty((128, 128), np.float32)
+                reproject(
+                    src, dst, src_transform=Affine(20, 0, 500000, 0, -20, 4000000), src_crs="EPSG:32631",
+                    dst_transform=Affine(10, 0, 500000, 0, -10, 4000000), dst_crs="EPSG:32631", resampling=Resampling.bilinear,
+                )  # fmt: skip
+
+        threads = [threading.Thread(target=warp) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # the message as rasterio emits it, deterministically: filtered as well
+        warnings.warn_explicit(
+            "Dataset has no geotransform, gcps, or rpcs. The identity matrix will be returned.",
+            NotGeoreferencedWarning, rasterio.warp.__file__, 387, module="rasterio.warp",
+        )  # fmt: skip
+    assert not [m for c, m in shown if issubclass(c, NotGeoreferencedWarning)], shown

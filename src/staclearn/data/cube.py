@@ -74,6 +74,31 @@ def band_names(items: Iterable[pystac.Item]) -> list[str]:
     return out
 
 
+#: what rasterio warns when its own in-memory (MEM) dataset is opened before its transform is set
+_MEM_GEOREF_WARNING = "Dataset has no geotransform, gcps, or rpcs. The identity matrix will be returned."
+
+
+def ignore_rasterio_mem_georef_warning() -> None:
+    """Silence the stray ``NotGeoreferencedWarning`` (``rasterio/warp.py:387``) that lazy cube
+    reads print on well-georeferenced imagery.
+
+    Every ``rasterio.warp.reproject`` into an array (odc-stac warps each source that is not on
+    the cube's grid: the 20 m Sentinel-2 bands onto a 10 m GeoBox, a label raster in another
+    CRS) wraps the destination in a ``MemoryDataset``, which opens a GDAL MEM dataset before
+    setting its transform and hides the resulting warning inside ``warnings.catch_warnings()``.
+    That context manager swaps the process-wide filter list and is not thread-safe (before
+    Python 3.14): when dask threads warp at once, one thread's exit restores the filters while
+    another is still inside, and the warning escapes. It concerns rasterio's scratch dataset,
+    never the data, so this one message from ``rasterio.warp`` is ignored; called on each load
+    (idempotent) so the filter is there even when filters were reset since import.
+    """
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    warnings.filterwarnings("ignore", message=_MEM_GEOREF_WARNING, category=NotGeoreferencedWarning, module=r"rasterio\.warp")
+
+
 def load_cube(
     items: Iterable[pystac.Item],
     *,
@@ -123,6 +148,7 @@ def load_cube(
     items = list(items)
     if not items:
         raise NoItemsFoundError("load_cube() got no STAC Items; check the search returned some.")
+    ignore_rasterio_mem_georef_warning()
     chunks = chunks or {"x": 2048, "y": 2048}
     _check_arguments(items, engine, bbox, crs, resolution, dtype, resampling, chunks)
     if engine == "odc":
