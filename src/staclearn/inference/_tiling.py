@@ -363,6 +363,8 @@ class Strip:
             self.ok = np.concatenate([self.ok, np.zeros((extra, self.w), bool)], 0)
 
     def add(self, grid: Grid, r: int, c: int, prob: np.ndarray, ok: np.ndarray) -> None:
+        """Add tile ``(r, c)``: its ``(K, th, tw)`` float32 probabilities weighted by the blend
+        window, and the ``(th, tw)`` valid mask of its core."""
         (a, b), (c0, c1) = grid.rows[r], grid.cols[c]
         p = grid.padding
         th, tw = prob.shape[-2:]

@@ -445,6 +445,8 @@ class OnnxModel(nn.Module):
         self.activation_bytes_per_px = activation_bytes_per_px
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the ONNX graph: ``(B, C, H, W)`` float32 -> logits ``(B, K, H, W)`` (or ``(B, K)``
+        for a chip classifier), returned on ``x``'s device."""
         a = x.detach().to("cpu", torch.float32).contiguous().numpy()
         out = self.session.run(None, {self.input_name: a})[0]
         return torch.from_numpy(out).to(x.device)
