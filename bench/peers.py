@@ -163,7 +163,9 @@ def worker(args: argparse.Namespace) -> None:
     import rioxarray
 
     from staclearn.stac.modelcard import load_model
-    from staclearn.inference.raster import DEFAULT_MEMORY_BUDGET_MB, _bytes_per_px, _Grid, auto_tile_size, predict_to_cog
+    from staclearn.inference._tiling import Grid
+    from staclearn.inference.engines import tile_bytes_per_px
+    from staclearn.inference.raster import DEFAULT_MEMORY_BUDGET_MB, auto_tile_size, predict_to_cog
 
     engine = args.worker.split("-")[1]
     budget = BUDGET_1G if args.worker.endswith("-1g") else DEFAULT_MEMORY_BUDGET_MB
@@ -176,10 +178,10 @@ def worker(args: argparse.Namespace) -> None:
     if args.rows:
         cube = cube.isel(y=slice(0, args.rows))
     h, w = cube.sizes["y"], cube.sizes["x"]
-    bpp = _bytes_per_px(model)
+    bpp = tile_bytes_per_px(model)
     tile, batch = auto_tile_size((h, w), padding=args.padding, stride=32, bands=4, classes=7,
                                  batch_size=args.batch, bytes_per_px=bpp, memory_budget_mb=budget)
-    grid = _Grid.make(h, w, tile, args.padding, 32, "linear")
+    grid = Grid.make(h, w, tile, args.padding, 32, "linear")
     # bare forward of the engine on the chosen tiles (and a warm-up), as the peers do before their run
     x = torch.rand(batch, 4, *grid.tile_shape) * 255
     cl = engine == "torch"
