@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pystac
 import xarray as xr
-from torch import nn
 
 from staclearn.data.pairs import CHANGE_CLASSES
-from staclearn.errors import NoGeoreferenceError
+from staclearn.errors import ConfigError, NoGeoreferenceError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["change_mask_item", "change_model_card"]
 
@@ -155,11 +157,17 @@ def change_model_card(
         The card Item (not yet in a catalog).
 
     Raises:
-        ModelCardError: the model has no spec (:func:`staclearn.stac.modelcard.model_card`).
+        ConfigError: ``model`` has no ``spec`` (it was not built by
+            :func:`staclearn.models.change.build_change_model` or rebuilt from a card).
     """
     from staclearn.inference.engines import add_onnx_artifact
     from staclearn.stac.modelcard import model_card
 
+    if getattr(model, "spec", None) is None:
+        raise ConfigError(
+            f"Model card {id!r}: the model has no .spec (bands, classes, normalisation); build it with "
+            "staclearn.models.change.build_change_model or load it with load_change_model."
+        )
     card = model_card(
         model,  # type: ignore[arg-type]
         weights_href,
