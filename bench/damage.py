@@ -1,7 +1,7 @@
 """Benchmark: building-damage classification on the 33 real xBD Santa Rosa tiles, k-fold by whole tiles.
 
 Cross-validation: the tiles are cut into ``--folds`` groups of whole tiles
-(:func:`staclearn.workflows.damage.tile_folds`, stratified so each fold holds destroyed and intact
+(:func:`staclearn.data.xbd.tile_folds`, stratified so each fold holds destroyed and intact
 buildings). For each fold and each training ``--seeds`` value, the fold is the test part
 (``DamageConfig.test_tiles``), validation tiles are drawn from the other tiles
 (``split_seed``, fixed, so the seeds vary the training only) and pick the epoch / stop early,
@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from staclearn.workflows.damage import BASELINE_NAME, DamageConfig, run_damage, tile_folds
+from staclearn.workflows.damage import BASELINE_NAME, DamageConfig, run_damage
+from staclearn.data.xbd import tile_folds
 from staclearn.data.footprints import assign_classes, get_class_map, read_footprints, read_xbd_labels
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data" / "damage" / "xbd_santarosa"

@@ -7,6 +7,7 @@ the Joplin pre (EPSG:26915) / post (EPSG:4326) tiles from ../shared/data otherwi
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -23,28 +24,22 @@ from shapely.geometry import Polygon, box
 from torch.utils.data import Dataset
 
 from staclearn.models.classifier import ClassifierSpec, ObjectClassifier, build_classifier
-from staclearn.training.objects import (
-    ClassifierTrainer,
-    classify_objects,
-    inverse_frequency_weights,
-    probability_column,
-)
-from staclearn.workflows.damage import BASELINE_NAME, DamageConfig, find_xbd_tiles, run_damage, split_tiles, tile_folds
+from staclearn.training.objects import ClassifierTrainer, inverse_frequency_weights
+from staclearn.inference.objects import classify_objects, probability_column
+from staclearn.workflows.damage import BASELINE_NAME, DamageConfig, run_damage
+from staclearn.data.xbd import find_xbd_tiles, split_tiles, tile_folds
 from staclearn.errors import (
     BandMismatchError,
     ConfigError,
+    EmptyDataError,
     FootprintWarning,
     ImageryNotFoundError,
+    RunExistsError,
     SplitError,
 )
 from staclearn.evaluation.metrics import compute_metrics
-from staclearn.chips.objects import (
-    FootprintChipDataset,
-    FootprintChipReader,
-    chip_band_statistics,
-    chip_geobox,
-    export_footprint_chips,
-)
+from staclearn.chips.object_dataset import FootprintChipDataset, chip_band_statistics
+from staclearn.chips.objects import FootprintChipReader, chip_geobox, export_footprint_chips
 from staclearn.data.footprints import (
     XBD_BINARY,
     assign_classes,
@@ -377,6 +372,42 @@ def test_trainer_learns_records_per_class_metrics_and_is_seeded(tmp_path):
     assert json.dumps(t1.history_table())  # JSON-ready
 
 
+def test_trainer_validation_metrics_match_compute_metrics(tmp_path):
+    """The validation figures (torchmetrics counts) equal compute_metrics' exactly (NaN where a ratio is undefined), every epoch."""
+    train, valid = _Chips(40, 0), _Chips(20, 1)
+    names = ["not destroyed", "destroyed"]
+    seen = []
+
+    def check(record, trainer):
+        trainer.model.eval()
+        with torch.no_grad():
+            pred = trainer.model(valid.x).argmax(1).numpy()
+        m = compute_metrics(valid.targets, pred, [0, 1], names, ignore_index=None)
+        assert record.valid_accuracy == m.overall_accuracy and record.valid_macro_f1 == m.macro_f1
+        for got, want in ((record.valid_precision, m.precision), (record.valid_recall, m.recall), (record.valid_f1, m.f1)):
+            assert got == pytest.approx(want, nan_ok=True, rel=0, abs=0)
+        seen.append(record.epoch)
+
+    t = ClassifierTrainer(_Tiny(), train, valid, classes=SPEC_CLASSES, batch_size=8, seed=5)
+    t.fit(3, 3e-2, on_epoch=lambda r: check(r, t), keep_best=False)
+    assert seen == [1, 2, 3]
+
+    class _Always0(torch.nn.Module):  # never predicts "destroyed": its precision is undefined
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([torch.ones(len(x)), torch.zeros(len(x))], 1) + 0 * self.w
+
+    r = ClassifierTrainer(_Always0(), train, valid, classes=SPEC_CLASSES, batch_size=8)._validate()
+    m = compute_metrics(valid.targets, np.zeros(len(valid), dtype=np.int64), [0, 1], names, ignore_index=None)
+    assert np.isnan(r["valid_precision"]["destroyed"]) and np.isnan(m.precision["destroyed"])
+    for key, want in (("valid_precision", m.precision), ("valid_recall", m.recall), ("valid_f1", m.f1)):
+        assert r[key] == pytest.approx(want, nan_ok=True, rel=0, abs=0)
+    assert r["valid_macro_f1"] == m.macro_f1 and r["valid_accuracy"] == m.overall_accuracy
+
+
 def test_classify_objects_keeps_every_row_and_attribute(tmp_path):
     post, polys, _ = _scene(tmp_path)
     pre, _, _ = _scene(tmp_path, "pre", seed=1)
@@ -508,6 +539,49 @@ def test_tile_folds_whole_tiles_each_with_both_classes(xbd_footprints):
     assert tile_folds(xbd_footprints, 3, seed=0) == folds
     with pytest.raises(SplitError, match="k=1 folds"):
         tile_folds(xbd_footprints, 1)
+
+
+def _xbd_copy(xbd_dir: Path, root: Path, tiles: list[str]) -> Path:
+    """An xBD folder of ``tiles``: label files copied (so they can be made bad), images linked."""
+    (root / "labels").mkdir(parents=True)
+    (root / "images").mkdir()
+    for t in tiles:
+        for phase in ("pre", "post"):
+            name = f"santa-rosa-wildfire_{t}_{phase}_disaster"
+            shutil.copy(xbd_dir / "labels" / f"{name}.json", root / "labels" / f"{name}.json")
+            (root / "images" / f"{name}.tif").symlink_to(xbd_dir / "images" / f"{name}.tif")
+    return root
+
+
+@pytest.mark.realdata
+def test_run_damage_refuses_a_non_empty_run_folder_before_reading(xbd_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "evaluation.json").write_text("{}")
+    with pytest.raises(RunExistsError, match=r"Run folder .*run is not empty \(it holds evaluation.json.*overwrite=True"):
+        run_damage(tmp_path / "no-such-folder", out, DamageConfig(device="cpu"), log=lambda _: None)
+    assert (out / "evaluation.json").read_text() == "{}"  # untouched
+    with pytest.raises(ConfigError, match="is a file"):
+        run_damage(xbd_dir, out / "evaluation.json", DamageConfig(device="cpu"), log=lambda _: None)
+
+
+@pytest.mark.realdata
+def test_run_damage_empty_tile_labels_named_and_no_run_folder_left(xbd_dir, tmp_path):
+    """A real label file emptied of its buildings: a named EmptyDataError, and no half-made run folder."""
+    data = _xbd_copy(xbd_dir, tmp_path / "xbd", ["00000021", "00000066", "00000212"])
+    bad = data / "labels" / "santa-rosa-wildfire_00000066_post_disaster.json"
+    doc = json.loads(bad.read_text())
+    doc["features"]["lng_lat"] = []
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(EmptyDataError, match=r"santa-rosa-wildfire_00000066_post_disaster\.json holds no building polygon.*--tile"):
+        run_damage(data, tmp_path / "run", DamageConfig(device="cpu"), log=lambda _: None)
+    assert not (tmp_path / "run").exists()
+    # overwrite=True lets a non-empty folder through the check: the same input error follows, files kept
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "history.json").write_text("{}")
+    with pytest.raises(EmptyDataError):
+        run_damage(data, tmp_path / "old", DamageConfig(device="cpu"), log=lambda _: None, overwrite=True)
+    assert (tmp_path / "old" / "history.json").exists()
 
 
 SMALL_TILES = ["00000021", "00000028", "00000068", "00000113", "00000212"]  # 120 buildings, mixed tiles

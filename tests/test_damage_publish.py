@@ -11,7 +11,8 @@ import pystac
 import pytest
 
 from conftest import REPO, SHARED_DIR
-from staclearn.workflows.damage import DamageConfig, run_damage, tiles_from_catalog
+from staclearn.workflows.damage import DamageConfig, run_damage
+from staclearn.data.xbd import tiles_from_catalog
 from staclearn.stac.validate import validate, validate_catalog
 
 XBD_CATALOG = REPO / "catalogs" / "xbd-santarosa" / "catalog.json"

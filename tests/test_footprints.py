@@ -17,6 +17,7 @@ from staclearn.errors import (
     AssetNotFoundError,
     ConfigError,
     DuplicateIdError,
+    EmptyDataError,
     FieldNotFoundError,
     FootprintsNotFoundError,
     FootprintWarning,
@@ -224,3 +225,39 @@ def test_class_map_validation():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning when nothing is empty
         assign_classes(gdf, "level", custom, exclude=())
+
+
+# ----------------------------------------------------------------------------- empty files (issue 17)
+
+
+def test_empty_xbd_label_file_is_named(xbd_dir, tmp_path):
+    """A real xBD label file with its polygons removed: one named error, not a failure further on."""
+    src = _post_labels(xbd_dir)[0]
+    doc = json.loads(src.read_text())
+    assert doc["features"]["lng_lat"]  # the real file has buildings
+    doc["features"]["lng_lat"] = []
+    empty = tmp_path / src.name
+    empty.write_text(json.dumps(doc))
+    for read in (read_xbd_labels, read_footprints):
+        with pytest.raises(EmptyDataError, match=rf"xBD label file .*{empty.name} holds no building polygon.*leave that tile out"):
+            read(empty)
+    # one empty tile among good ones is named too
+    with pytest.raises(EmptyDataError, match=empty.name) as err:
+        read_xbd_labels([_post_labels(xbd_dir)[1], empty])
+    assert isinstance(err.value, StaclearnError)
+
+
+@pytest.mark.parametrize("suffix", [".geojson", ".parquet"])
+def test_empty_footprint_file_is_named(xbd_dir, tmp_path, suffix):
+    """Real footprints written as GeoJSON / GeoParquet, then emptied: EmptyDataError naming the file."""
+    real = read_xbd_labels(_post_labels(xbd_dir)[:1])
+    path = tmp_path / f"footprints{suffix}"
+    empty = real.iloc[:0]
+    empty.to_parquet(path) if suffix == ".parquet" else empty.to_file(path, driver="GeoJSON")
+    with pytest.raises(EmptyDataError, match=rf"Footprint file .*footprints\{suffix} holds no feature: point to the file"):
+        read_footprints(path)
+    item = _item({"fp": pystac.Asset(str(path), media_type="application/geo+json" if suffix == ".geojson" else "application/x-parquet")})
+    with pytest.raises(EmptyDataError, match=r"Footprint asset .* of Item 'fp' holds no feature"):
+        read_footprints(item)
+    assert len(read_footprints(real.iloc[:0])) == 0  # an empty GeoDataFrame given in code stays allowed
+

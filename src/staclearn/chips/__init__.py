@@ -7,10 +7,12 @@ import lazy_loader as _lazy
 
 __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
-    submodules=['augment', 'objects', 'pixel', 'sampling'],
+    submodules=['augment', 'object_dataset', 'objects', 'pairs', 'pixel', 'sampling'],
     submod_attrs={
         'augment': ['Augmentation', 'RadiometricJitter'],
-        'objects': ['ImageSource', 'Imagery', 'image_href', 'chip_geobox', 'FootprintChipReader', 'export_footprint_chips', 'FootprintChipDataset', 'chip_band_statistics', 'chip_features'],
+        'object_dataset': ['FootprintChipDataset', 'chip_band_statistics', 'chip_features'],
+        'objects': ['ImageSource', 'Imagery', 'image_href', 'chip_geobox', 'FootprintChipReader', 'export_footprint_chips'],
+        'pairs': ['export_change_chips', 'ChangeAugmentation'],
         'pixel': ['chip_windows', 'block_split', 'export_chips', 'ChipDataset', 'band_statistics', 'TRAIN', 'VALID', 'TEST'],
         'sampling': ['class_presence', 'targets_presence', 'sample_weights', 'balanced_sampler'],
     },

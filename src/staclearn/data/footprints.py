@@ -37,6 +37,7 @@ from shapely.errors import ShapelyError
 from staclearn.errors import (
     AssetNotFoundError,
     ConfigError,
+    EmptyDataError,
     DuplicateIdError,
     FieldNotFoundError,
     FootprintsNotFoundError,
@@ -261,6 +262,7 @@ def read_xbd_labels(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[s
 
     Raises:
         FootprintsNotFoundError: a file does not exist.
+        EmptyDataError: a file holds no building polygon (the file is named).
         LabelError: a file is not xBD JSON, or a feature has no valid WKT.
     """
     frames = []
@@ -276,6 +278,12 @@ def read_xbd_labels(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[s
             raise LabelError(
                 f"{path} is not an xBD label file (no 'features.lng_lat' list); read GeoJSON with "
                 "read_footprints instead."
+            )
+        if not doc["features"]["lng_lat"]:
+            raise EmptyDataError(
+                f"xBD label file {path} holds no building polygon ('features.lng_lat' is empty), so its tile "
+                "has nothing to train or score on: leave that tile out (tiles= / --tile), or remove its label "
+                "and image files from the folder."
             )
         frames.append(_xbd_frame(doc, path))
     if not frames:
@@ -371,6 +379,8 @@ def read_footprints(
 
     Raises:
         FootprintsNotFoundError: the file does not exist.
+        EmptyDataError: the file (or the Item's asset, or the layer) holds no feature; a
+            GeoDataFrame given in code may be empty.
         AssetNotFoundError: the Item has no footprint asset.
         FieldNotFoundError: ``id_field`` is missing.
         DuplicateIdError: the ids are not unique.
@@ -392,6 +402,13 @@ def read_footprints(
             gdf = read_xbd_labels(href)
         else:
             gdf = gpd.read_file(href, layer=layer)
+    if len(gdf) == 0 and not isinstance(source, gpd.GeoDataFrame):
+        what = f"Footprint asset {href} of Item {source.id!r}" if isinstance(source, pystac.Item) else f"Footprint file {href}"
+        raise EmptyDataError(
+            f"{what} holds no feature"
+            + (f" in layer {layer!r}" if layer is not None else "")
+            + ": point to the file (or layer) that holds the building polygons, or regenerate it."
+        )
     if gdf.crs is None:
         raise LabelError(f"The footprints of {where} have no CRS; set it (gdf.set_crs('EPSG:4326')) first.")
     return ensure_footprint_ids(gdf, id_field)

@@ -137,6 +137,7 @@ class ObjectClassifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) float32`` chips in the imagery's units -> ``(B, K) float32`` logits."""
         return self.net((x - self.mean) / self.std)
 
 
@@ -158,7 +159,7 @@ def build_classifier(
     Args:
         bands: input channel names in order (e.g. ``FootprintChipReader.bands``).
         classes: output classes (e.g. ``ClassMap.classes``).
-        mean: per-channel mean, e.g. from :func:`staclearn.chips.objects.chip_band_statistics`.
+        mean: per-channel mean, e.g. from :func:`staclearn.chips.object_dataset.chip_band_statistics`.
         std: per-channel standard deviation.
         model_name: timm model (``"resnet18"`` default: 11 M parameters, trains on a CPU).
         chip_size: chip edge in pixels the model is trained on.

@@ -12,7 +12,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
         'checkpoint': ['TrainingState', 'save_training_state', 'load_training_state', 'capture_rng', 'restore_rng'],
         'device': ['resolve_device', 'seed_everything'],
         'lr_finder': ['LRFindResult', 'valley_lr', 'steepest_lr'],
-        'objects': ['ClassifierEpoch', 'ClassifierTrainer', 'default_augmentation', 'inverse_frequency_weights', 'classify_objects', 'probability_column', 'write_objects'],
+        'objects': ['ClassifierEpoch', 'ClassifierTrainer', 'default_augmentation', 'inverse_frequency_weights'],
         'trainer': ['BaseTrainer', 'Trainer', 'EpochRecord', 'class_weights', 'train_ensemble'],
     },
 )

@@ -2,26 +2,27 @@
 
 :func:`run_damage` trains and evaluates a building-damage classifier (feature
 categorization) on an xBD-style folder (``images/<tile>_{pre,post}_disaster.tif``,
-``labels/<tile>_{pre,post}_disaster.json``) or a STAC catalog of such tiles. Each step is a
-public function of its own module:
+``labels/<tile>_{pre,post}_disaster.json``) or a STAC catalog of such tiles. It only composes
+steps that live in the stage packages:
 
-1. :func:`find_xbd_tiles` / :func:`tiles_from_catalog` and
-   :func:`staclearn.data.footprints.read_xbd_labels` - the footprints of every tile;
+1. :func:`staclearn.data.xbd.find_xbd_tiles` / :func:`staclearn.data.xbd.tiles_from_catalog`
+   and :func:`staclearn.data.footprints.read_xbd_labels` - the footprints of every tile;
 2. :func:`staclearn.data.footprints.assign_classes` - raw ``subtype`` -> classes
    (``un-classified`` kept, excluded, reported);
-3. :func:`split_tiles` - whole tiles go to a **test** part (given as tile ids or regions, or
-   drawn with ``split_seed``), then a **validation** part drawn from the rest, then training
-   (the protocol of :mod:`staclearn.data.splits`). The test tiles serve the final figures only:
-   epoch selection, early stopping, class weights and normalisation statistics use the
-   training and validation tiles;
+3. :func:`staclearn.data.xbd.split_tiles` - whole tiles go to a **test** part (given as tile
+   ids or regions, or drawn with ``split_seed``), then a **validation** part drawn from the
+   rest, then training (the protocol of :mod:`staclearn.data.splits`). The test tiles serve
+   the final figures only: epoch selection, early stopping, class weights and normalisation
+   statistics use the training and validation tiles;
 4. :func:`staclearn.chips.objects.export_footprint_chips` - one chip per building (test
    buildings too, marked ``split == "test"``; they never enter a training or validation
    dataset);
-5. :class:`staclearn.training.objects.ClassifierTrainer` - ``fit(epochs, lr)``;
-6. a non-deep baseline on the same training buildings: scikit-learn's
-   ``HistGradientBoostingClassifier`` on per-building colour statistics
-   (:func:`staclearn.chips.objects.chip_features`);
-7. :func:`staclearn.training.objects.classify_objects` - the test and validation tiles' buildings;
+5. :class:`staclearn.training.objects.ClassifierTrainer` - ``fit(epochs, lr)`` on
+   :class:`staclearn.chips.object_dataset.FootprintChipDataset`;
+6. :func:`staclearn.evaluation.baselines.hist_gradient_boosting_baseline` - a non-deep
+   baseline on the same training buildings, from per-building colour statistics
+   (:func:`staclearn.chips.object_dataset.chip_features`);
+7. :func:`staclearn.inference.objects.classify_objects` - the test and validation tiles' buildings;
 8. :mod:`staclearn.evaluation.metrics` - per-building figures of the test and validation parts kept
    apart (``evaluation.json``), and the MLM card + per-building Item (``catalog.json``).
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,304 +43,28 @@ import numpy as np
 import pandas as pd
 import pystac
 
-from staclearn.models.classifier import ClassifierSpec, ObjectClassifier, build_classifier
-from staclearn.training.objects import ClassifierEpoch, ClassifierTrainer, classify_objects
-from staclearn.errors import (
-    AssetNotFoundError,
-    FootprintsNotFoundError,
-    NoItemsFoundError,
-    SplitError,
-)
-from staclearn.inference.engines import add_onnx_artifact
+from staclearn._io import check_run_folder, write_json
+from staclearn.chips.object_dataset import FootprintChipDataset, chip_band_statistics, chip_features
+from staclearn.chips.objects import export_footprint_chips
+from staclearn.data.footprints import ClassMap, assign_classes, get_class_map, read_footprints, read_xbd_labels
+from staclearn.data.labels import ClassInfo
+from staclearn.data.splits import PART_NAMES, TEST, TRAIN, VALID
+from staclearn.data.xbd import XbdTile, find_xbd_tiles, split_tiles, tile_split_record, tiles_from_catalog
+from staclearn.errors import FootprintsNotFoundError
+from staclearn.evaluation.baselines import hist_gradient_boosting_baseline
 from staclearn.evaluation.metrics import ClassificationMetrics, compute_metrics, summary
 from staclearn.evaluation.reports import write_evaluation
-from staclearn.chips.objects import (
-    FootprintChipDataset,
-    chip_band_statistics,
-    chip_features,
-    export_footprint_chips,
-)
-from staclearn.data.footprints import (
-    STATUS_OK,
-    ClassMap,
-    assign_classes,
-    get_class_map,
-    read_footprints,
-    read_xbd_labels,
-)
-from staclearn.data.labels import ClassInfo
+from staclearn.inference.engines import add_onnx_artifact
+from staclearn.inference.objects import classify_objects
+from staclearn.models.classifier import ClassifierSpec, ObjectClassifier, build_classifier
 from staclearn.models.segmentation import save_weights
-from staclearn.data.splits import PART_NAMES, TEST, TRAIN, VALID, part_counts, read_regions, split_description
-from staclearn._io import write_json
+from staclearn.training.objects import ClassifierEpoch, ClassifierTrainer
 
-__all__ = [
-    "XbdTile",
-    "find_xbd_tiles",
-    "tiles_from_catalog",
-    "split_tiles",
-    "tile_folds",
-    "DamageConfig",
-    "DamageResult",
-    "run_damage",
-    "BASELINE_NAME",
-]
+__all__ = ["DamageConfig", "DamageResult", "run_damage", "BASELINE_NAME"]
 
 _TRAIN, _VALID, _TEST = PART_NAMES[TRAIN], PART_NAMES[VALID], PART_NAMES[TEST]
 #: Name of the non-deep baseline in ``evaluation.json`` and the card's ``staclearn:metrics``.
 BASELINE_NAME = "hist_gradient_boosting"
-
-
-@dataclass(frozen=True)
-class XbdTile:
-    """The files of one xBD tile.
-
-    Attributes:
-        tile: tile id, e.g. ``"santa-rosa-wildfire_00000012"``.
-        post_image: post-disaster GeoTIFF.
-        post_labels: post-disaster label JSON (building polygons with ``subtype``).
-        pre_image: pre-disaster GeoTIFF, ``None`` if absent.
-        pre_labels: pre-disaster label JSON, ``None`` if absent.
-    """
-
-    tile: str
-    post_image: Path
-    post_labels: Path
-    pre_image: Path | None = None
-    pre_labels: Path | None = None
-
-
-def find_xbd_tiles(data_dir: str | os.PathLike[str], tiles: Sequence[str] | None = None) -> dict[str, XbdTile]:
-    """The tiles of an xBD-style folder (``images/`` + ``labels/``), sorted by tile id.
-
-    A tile needs ``labels/<tile>_post_disaster.json`` and ``images/<tile>_post_disaster.tif``;
-    the pre-disaster files are optional.
-
-    Args:
-        data_dir: folder holding ``images/`` and ``labels/``.
-        tiles: tile ids to keep (default all); a bare number such as ``"00000012"`` matches
-            the tile whose id ends with ``_00000012``.
-
-    Returns:
-        ``{tile id: XbdTile}``.
-
-    Raises:
-        FootprintsNotFoundError: no ``labels/`` folder, or a post label file without its image.
-        NoItemsFoundError: no tile found, or a requested tile is missing.
-    """
-    root = Path(data_dir)
-    if not (root / "labels").is_dir():
-        raise FootprintsNotFoundError(f"{root} has no labels/ folder; pass an xBD-style folder (images/, labels/).")
-    found: dict[str, XbdTile] = {}
-    for lab in sorted((root / "labels").glob("*_post_disaster.json")):
-        tile = lab.name[: -len("_post_disaster.json")]
-        img = root / "images" / f"{tile}_post_disaster.tif"
-        if not img.exists():
-            raise FootprintsNotFoundError(f"Tile {tile!r} has labels {lab} but no image {img}.")
-        pre_img = root / "images" / f"{tile}_pre_disaster.tif"
-        pre_lab = root / "labels" / f"{tile}_pre_disaster.json"
-        found[tile] = XbdTile(tile, img, lab, pre_img if pre_img.exists() else None, pre_lab if pre_lab.exists() else None)
-    if not found:
-        raise NoItemsFoundError(f"No *_post_disaster.json label file in {root / 'labels'}.")
-    if tiles is None:
-        return found
-    out: dict[str, XbdTile] = {}
-    for want in tiles:
-        match = [t for t in found if t == want or t.endswith(f"_{want}")]
-        if len(match) != 1:
-            raise NoItemsFoundError(f"Tile {want!r} matches {match or 'no tile'} in {root}; tiles are {sorted(found)}.")
-        out[match[0]] = found[match[0]]
-    return dict(sorted(out.items()))
-
-
-def _match_tiles(wanted: Sequence[str], tiles: Sequence[str], what: str) -> set[str]:
-    chosen: set[str] = set()
-    for want in wanted:
-        match = [t for t in tiles if t == want or t.endswith(f"_{want}")]
-        if len(match) != 1:
-            raise SplitError(
-                f"{what.capitalize()} {want!r} matches {match or 'no tile'}; give a tile id (or its number, "
-                f"e.g. '00000012') among {list(tiles)}."
-            )
-        chosen.add(match[0])
-    return chosen
-
-
-def _tiles_in_regions(footprints: gpd.GeoDataFrame, regions: Any, tile_field: str) -> set[str]:
-    """Tiles with at least one footprint centroid inside the regions (centroids in the UTM zone)."""
-    where = str(regions) if isinstance(regions, (str, os.PathLike)) else "the test regions"
-    geoms = footprints[~(footprints.geometry.isna() | footprints.geometry.is_empty)]
-    if geoms.empty:
-        raise SplitError("No footprint geometry: cannot place tiles in the test regions.")
-    metric = geoms.estimate_utm_crs()
-    area = read_regions(regions, crs=metric).union_all()
-    inside = geoms.to_crs(metric).centroid.intersects(area).to_numpy()
-    found = {str(t) for t in geoms.loc[inside, tile_field]}
-    if not found:
-        tiles = sorted(str(t) for t in footprints[tile_field].unique())
-        raise SplitError(
-            f"No building centroid of the tiles {tiles} lies in {where}; check the regions' CRS and extent "
-            "(GeoJSON is read as EPSG:4326), or give test tiles by id."
-        )
-    return found
-
-
-def _draw_tiles(
-    hist: np.ndarray, candidates: np.ndarray, fraction: float, rng: np.random.Generator, tries: int
-) -> np.ndarray:
-    """Rows of ``hist`` (tiles x classes counts) among ``candidates`` drawn as one part.
-
-    ``round(fraction * len(candidates))`` tiles (at least 1, at most all but one). Among
-    ``tries`` draws, the one that first holds the most classes on both sides, then brings
-    each class's share (and the total share) closest to ``fraction``.
-    """
-    n = len(candidates)
-    k = min(max(1, round(fraction * n)), n - 1)
-    total = hist[candidates].sum(0)
-    present = total > 0
-    best_key, best = None, None
-    for _ in range(tries):
-        pick = np.sort(rng.choice(candidates, size=k, replace=False))
-        v = hist[pick].sum(0)
-        rest = total - v
-        share = v[present] / total[present]
-        balance = float(np.abs(share - fraction).mean()) if present.any() else 0.0
-        overall = abs(v.sum() / max(total.sum(), 1) - fraction)
-        key = (-int(((v > 0) & (rest > 0)).sum()), round(balance + overall, 12), tuple(pick.tolist()))
-        if best_key is None or key < best_key:
-            best_key, best = key, pick
-    assert best is not None
-    return best
-
-
-def split_tiles(
-    footprints: gpd.GeoDataFrame,
-    *,
-    test_tiles: Sequence[str] | None = None,
-    test_regions: Any = None,
-    test_fraction: float = 0.2,
-    valid_tiles: Sequence[str] | None = None,
-    valid_fraction: float = 0.2,
-    split_seed: int = 0,
-    tile_field: str = "tile",
-    tries: int = 500,
-) -> dict[str, str]:
-    """Assign whole tiles to ``"train"``, ``"valid"`` or ``"test"``.
-
-    The test part is fixed first, then the validation part is drawn from what is left, and
-    the remaining tiles train. Whole tiles only: chips of neighbouring buildings overlap, so a
-    per-building split would leak.
-
-    - Test: the tiles ``test_tiles``, plus every tile with at least one footprint whose
-      centroid (computed in the footprints' UTM zone) lies in ``test_regions`` - so every
-      building inside the regions is a test building, and so are the other buildings of its
-      tile. Without either, ``round(test_fraction * T)`` tiles are drawn with ``split_seed``.
-    - Validation: ``valid_tiles``, else ``round(valid_fraction * R)`` of the R remaining tiles
-      drawn with ``split_seed``.
-
-    A draw is stratified: among ``tries`` seeded draws it keeps the one that first holds the
-    most classes (of the labelled footprints, ``class_value >= 0``) both in the drawn part
-    and in what is left - destroyed and intact buildings on both sides where the tiles allow
-    it -, then brings each class's share of labelled footprints closest to the fraction (the
-    tile version of :func:`staclearn.chips.pixel.block_split`).
-
-    Args:
-        footprints: footprints with ``tile_field`` and ``class_value`` (from
-            :func:`~staclearn.data.footprints.assign_classes`), in any CRS.
-        test_tiles: tile ids of the test part (a bare number matches ``*_<number>``).
-        test_regions: test regions: a vector file geopandas reads (its CRS honoured), a
-            GeoDataFrame / GeoSeries, bbox(es) or a shapely geometry in WGS84 degrees (see
-            :func:`staclearn.data.splits.read_regions`).
-        test_fraction: target share of tiles (and of each class) in the drawn test part,
-            in (0, 1); used only when neither ``test_tiles`` nor ``test_regions`` is given.
-        valid_tiles: tile ids of the validation part.
-        valid_fraction: target share of the non-test tiles drawn for validation, in (0, 1).
-        split_seed: seed of the draws (independent of the training seed).
-        tile_field: tile id column.
-        tries: random draws examined per part.
-
-    Returns:
-        ``{tile id: "train" | "valid" | "test"}`` for every tile of the footprints, sorted.
-
-    Raises:
-        SplitError: a test / validation tile id matching no tile (or several), a tile both
-            in test and validation, test regions that are unreadable, empty or hold no
-            building centroid, a fraction outside (0, 1), or too few tiles left for
-            validation and training (at least 3 tiles are needed).
-    """
-    if tile_field not in footprints.columns:
-        raise SplitError(f"The footprints have no {tile_field!r} column; columns are {list(footprints.columns)}.")
-    tiles = sorted(str(t) for t in footprints[tile_field].unique())
-    for name, f in (("test_fraction", test_fraction), ("valid_fraction", valid_fraction)):
-        if not 0 < f < 1:
-            raise SplitError(f"{name} must be in (0, 1), got {f}.")
-    if len(tiles) < 3:
-        raise SplitError(f"A train / validation / test split of whole tiles needs at least 3 tiles, got {tiles}.")
-    labelled = footprints[footprints["class_value"] >= 0]
-    classes = sorted(labelled["class_value"].unique().tolist())
-    hist = np.zeros((len(tiles), len(classes)), dtype=np.int64)
-    col = {c: j for j, c in enumerate(classes)}
-    for (t, c), n in labelled.groupby([labelled[tile_field].astype(str), "class_value"]).size().items():
-        hist[tiles.index(t), col[c]] = int(n)
-    rng = np.random.default_rng(split_seed)
-    test: set[str] = set()
-    if test_tiles:
-        test |= _match_tiles(test_tiles, tiles, "test tile")
-    if test_regions is not None:
-        test |= _tiles_in_regions(footprints, test_regions, tile_field)
-    if not test_tiles and test_regions is None:
-        test = {tiles[i] for i in _draw_tiles(hist, np.arange(len(tiles)), test_fraction, rng, tries)}
-    rest = [t for t in tiles if t not in test]
-    if len(rest) < 2:
-        raise SplitError(
-            f"The test part holds {sorted(test)}, leaving {rest}: at least 2 tiles must remain for training and "
-            "validation; give fewer test tiles or smaller test regions."
-        )
-    if valid_tiles:
-        valid = _match_tiles(valid_tiles, tiles, "validation tile")
-        both = sorted(valid & test)
-        if both:
-            raise SplitError(f"Tiles {both} are both test and validation tiles; a tile belongs to one part only.")
-        if len(valid) == len(rest):
-            raise SplitError(f"Every non-test tile {rest} is a validation tile; leave at least one for training.")
-    else:
-        idx = np.array([tiles.index(t) for t in rest])
-        valid = {tiles[i] for i in _draw_tiles(hist, idx, valid_fraction, rng, tries)}
-    return {t: _TEST if t in test else _VALID if t in valid else _TRAIN for t in tiles}
-
-
-def tile_folds(
-    footprints: gpd.GeoDataFrame, k: int, *, seed: int = 0, tile_field: str = "tile"
-) -> list[list[str]]:
-    """Whole tiles in ``k`` cross-validation folds, stratified by class.
-
-    scikit-learn's :class:`~sklearn.model_selection.StratifiedGroupKFold` (tiles as groups,
-    ``class_value`` of the labelled footprints as strata, shuffled with ``seed``): each fold
-    holds whole tiles and about ``1/k`` of every class, so each held-out fold holds destroyed
-    and intact buildings where the tiles allow it. Tiles without a labelled footprint are in
-    no fold (they can only train).
-
-    Args:
-        footprints: footprints with ``tile_field`` and ``class_value``.
-        k: number of folds, at least 2 and at most the number of tiles with labels.
-        seed: shuffling seed.
-        tile_field: tile id column.
-
-    Returns:
-        ``k`` sorted lists of tile ids, disjoint.
-
-    Raises:
-        SplitError: ``k`` out of range.
-    """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    labelled = footprints[footprints["class_value"] >= 0]
-    groups = labelled[tile_field].astype(str).to_numpy()
-    n_tiles = len(set(groups))
-    if not 2 <= k <= n_tiles:
-        raise SplitError(f"k={k} folds of whole tiles need 2 <= k <= {n_tiles} (the tiles with labelled buildings).")
-    y = labelled["class_value"].to_numpy()
-    folds = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [sorted(set(groups[test])) for _, test in folds.split(np.zeros(len(y)), y, groups)]
 
 
 @dataclass(frozen=True)
@@ -374,7 +100,7 @@ class DamageConfig:
         test_tiles: tile ids of the test part (a bare number matches ``*_<number>``).
         test_regions: test regions: a vector file geopandas reads, a GeoDataFrame, bbox(es)
             or a shapely geometry in WGS84 degrees; every tile with a footprint centroid in
-            them is a test tile (whole tiles only; see :func:`split_tiles`).
+            them is a test tile (whole tiles only; see :func:`~staclearn.data.xbd.split_tiles`).
         test_fraction: share of tiles drawn as test when neither ``test_tiles`` nor
             ``test_regions`` is given, in (0, 1).
         valid_tiles: tile ids of the validation part; ``None`` draws them from the non-test
@@ -503,50 +229,6 @@ class DamageResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-
-
-def _split_method(config: DamageConfig) -> str:
-    if config.test_tiles or config.test_regions is not None:
-        given = " and ".join(
-            w for w, on in (("by tile id", bool(config.test_tiles)), ("by test regions (tiles with a building centroid inside)", config.test_regions is not None)) if on
-        )
-        test = f"test tiles given {given}"
-    else:
-        test = f"test tiles drawn with split_seed (test_fraction={config.test_fraction:g}), stratified by class"
-    valid = (
-        "validation tiles given by id"
-        if config.valid_tiles
-        else f"validation tiles drawn from the rest with split_seed (valid_fraction={config.valid_fraction:g}), stratified by class"
-    )
-    return f"whole xBD tiles; {test}; {valid}; the rest train"
-
-
-def _score(reference: np.ndarray, predicted: np.ndarray, classes: Sequence[ClassInfo]) -> ClassificationMetrics:
-    return compute_metrics(
-        reference.astype(np.int64), predicted.astype(np.int64), [c.value for c in classes], [c.name for c in classes], ignore_index=None
-    )
-
-
-def _baseline(index: gpd.GeoDataFrame, root: Path, classes: Sequence[ClassInfo], config: DamageConfig) -> np.ndarray:
-    """Class values predicted by the baseline for every row of the chip index (-2 without chip)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    features, _ = chip_features(index, root)
-    has = ~np.isnan(features).any(axis=1)
-    train = has & (index["split"] == _TRAIN).to_numpy() & (index["class_value"] >= 0).to_numpy()
-    clf = HistGradientBoostingClassifier(
-        max_iter=300,
-        learning_rate=0.05,
-        early_stopping=False,  # no held-out choice inside the training buildings
-        class_weight="balanced" if config.class_weights == "balanced" else None,
-        random_state=config.seed,
-    )
-    clf.fit(features[train], index.loc[train, "class_value"].to_numpy())
-    out = np.full(len(index), -2, dtype=np.int64)
-    out[has] = clf.predict(features[has])
-    return out
-
-
 def run_damage(
     data_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -555,16 +237,17 @@ def run_damage(
     tiles: Sequence[str] | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> DamageResult:
     """Train a building-damage classifier and score it on test tiles that made no choice.
 
-    The tiles are split whole (:func:`split_tiles`): test tiles (``config.test_tiles`` /
-    ``test_regions``, or drawn with ``split_seed``), validation tiles drawn from the rest,
-    training tiles. Normalisation statistics and class weights come from the training
-    buildings, the kept epoch and early stopping from the validation buildings; the test
-    buildings are chipped (``split == "test"`` in ``chips.parquet``) and classified, never
-    trained or validated on. A baseline (:data:`BASELINE_NAME`) is fitted on the same
-    training buildings and scored on the same test buildings.
+    The tiles are split whole (:func:`~staclearn.data.xbd.split_tiles`): test tiles
+    (``config.test_tiles`` / ``test_regions``, or drawn with ``split_seed``), validation
+    tiles drawn from the rest, training tiles. Normalisation statistics and class weights come
+    from the training buildings, the kept epoch and early stopping from the validation
+    buildings; the test buildings are chipped (``split == "test"`` in ``chips.parquet``) and
+    classified, never trained or validated on. A baseline (:data:`BASELINE_NAME`) is fitted
+    on the same training buildings and scored on the same test buildings.
 
     Outputs in ``out_dir``: ``chips/`` + ``chips.parquet`` + ``chips.json`` (every
     building), ``model.safetensors`` + ``model.json`` (spec), ``history.json``,
@@ -575,32 +258,40 @@ def run_damage(
 
     Args:
         data_dir: a STAC catalog laid out like ``catalogs/xbd-santarosa`` (see
-            :func:`tiles_from_catalog`), or a folder with ``images/`` and ``labels/`` (xBD layout).
-        out_dir: output folder (created).
+            :func:`~staclearn.data.xbd.tiles_from_catalog`), or a folder with ``images/`` and
+            ``labels/`` (xBD layout, see :func:`~staclearn.data.xbd.find_xbd_tiles`).
+        out_dir: run folder. A non-empty one is refused (unless ``overwrite``) before anything
+            is read; the folder is created only once the tiles and labels have been read and
+            split, so a run that fails on its inputs leaves nothing behind.
         config: settings.
         tiles: tile ids to use (default every tile).
         progress: tqdm bars during training.
         log: called with one line per step.
+        overwrite: write into a non-empty ``out_dir`` (its ``chips/`` folder is replaced).
 
     Returns:
         A :class:`DamageResult`.
 
     Raises:
-        FootprintsNotFoundError, NoItemsFoundError: as :func:`find_xbd_tiles`.
+        RunExistsError: ``out_dir`` holds files and ``overwrite`` is False.
+        ConfigError: ``out_dir`` is a file.
+        FootprintsNotFoundError, NoItemsFoundError: as :func:`~staclearn.data.xbd.find_xbd_tiles`
+            and :func:`~staclearn.data.xbd.tiles_from_catalog`; or ``stack_pre`` with a tile
+            that has no pre-disaster image.
+        EmptyDataError: a tile's label file holds no building (as
+            :func:`~staclearn.data.footprints.read_xbd_labels`).
         FieldNotFoundError, LabelError: as :func:`~staclearn.data.footprints.assign_classes`.
-        SplitError: as :func:`split_tiles`, or a part without a labelled building with a chip.
+        SplitError: as :func:`~staclearn.data.xbd.split_tiles`, or a part without a labelled
+            building with a chip.
     """
     t_start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, overwrite=overwrite)
     timings: dict[str, float] = {}
     cmap = get_class_map(config.class_map)
     classes = cmap.classes
-    tile_items: dict[str, dict[str, pystac.Item]] = {}
-    if str(data_dir).endswith(".json") or "://" in str(data_dir):
-        found, tile_items = tiles_from_catalog(data_dir, tiles)
-    else:
-        found = find_xbd_tiles(data_dir, tiles)
+    # 1-3. tiles, footprints and their classes, whole-tile split
+    found, tile_items = _find_tiles(data_dir, tiles)
     footprints = read_footprints(read_xbd_labels([t.post_labels for t in found.values()]))
     footprints, excluded = assign_classes(footprints, config.classvalue_field, cmap, exclude=config.exclude)
     split = split_tiles(
@@ -612,57 +303,128 @@ def run_damage(
         valid_fraction=config.valid_fraction,
         split_seed=config.split_seed,
     )
-    part_tiles = {p: [t for t, s in split.items() if s == p] for p in (_TRAIN, _VALID, _TEST)}
-    train_tiles, valid_tiles, test_tiles = part_tiles[_TRAIN], part_tiles[_VALID], part_tiles[_TEST]
+    parts = {p: [t for t, s in split.items() if s == p] for p in (_TRAIN, _VALID, _TEST)}
     log(
-        f"{len(footprints)} buildings on {len(found)} tiles; test tiles {test_tiles}; validation tiles {valid_tiles}; "
+        f"{len(footprints)} buildings on {len(found)} tiles; test tiles {parts[_TEST]}; validation tiles {parts[_VALID]}; "
         f"excluded {excluded and {k: len(v) for k, v in excluded.items()}}"
     )
-
-    post = {t: x.post_image for t, x in found.items()}
-    pre: Mapping[str, Path] | None = None
-    if config.stack_pre:
-        missing = [t for t, x in found.items() if x.pre_image is None]
-        if missing:
-            raise FootprintsNotFoundError(f"stack_pre=True but tiles {missing} have no pre-disaster image.")
-        pre = {t: x.pre_image for t, x in found.items() if x.pre_image is not None}
+    post, pre = _images(found, config.stack_pre)
+    # 4. one chip per building; the split record of the buildings with a chip
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite and (out / "chips").exists():
+        shutil.rmtree(out / "chips")  # a previous run's chips would mix with these
     t0 = time.perf_counter()
     index = export_footprint_chips(
-        footprints,
-        post,
-        out,
-        chip_size=config.chip_size,
-        buffer_m=config.buffer_m,
-        pre=pre,
-        mask_outside=config.mask_outside,
-        split=split,
-    )
+        footprints, post, out, chip_size=config.chip_size, buffer_m=config.buffer_m, pre=pre,
+        mask_outside=config.mask_outside, split=split,
+    )  # fmt: skip
     timings["chips"] = time.perf_counter() - t0
-    bands = json.loads((out / "chips.json").read_text(encoding="utf-8"))["bands"]
     chips_index = out / "chips.parquet"
-
-    # the split record counts the labelled buildings with a chip, i.e. those trained / scored on
-    lut = {c.value: i for i, c in enumerate(classes)}
-    usable = (index["status"] == STATUS_OK) & index["chip"].notna() & (index["class_value"] >= 0)
-    labels = np.where(usable, index["class_value"].map(lut).fillna(255), 255).astype(np.int64)
-    codes = index["split"].map({v: k for k, v in PART_NAMES.items()}).fillna(-1).astype(np.int64).to_numpy()
-    counts = part_counts(labels, codes, [c.name for c in classes])
-    for part in (_VALID, _TEST):
-        if sum(counts[part].values()) == 0:
-            raise SplitError(
-                f"No labelled building with a chip on the {part} tiles {part_tiles[part]}; choose other tiles or another split_seed."
-            )
-    given_all = bool(config.test_tiles or config.test_regions is not None) and bool(config.valid_tiles)
-    record = split_description(
-        _split_method(config),
-        split_seed=None if given_all else config.split_seed,
-        counts=counts,
-        unit="buildings",
-        tiles={_TRAIN: train_tiles, _VALID: valid_tiles, _TEST: test_tiles},
-        test_regions=_regions_text(config.test_regions),
-    )
+    record = tile_split_record(
+        index, classes, parts, test_tiles=config.test_tiles, test_regions=config.test_regions,
+        test_fraction=config.test_fraction, valid_tiles=config.valid_tiles, valid_fraction=config.valid_fraction,
+        split_seed=config.split_seed, test_regions_text=_regions_text(config.test_regions),
+    )  # fmt: skip
     write_json(out / "split.json", record, allow_nan=False)
+    # 5. the classifier
+    t0 = time.perf_counter()
+    trainer, n_train = _train(chips_index, out, cmap, parts, config, progress, log)
+    timings["train"] = time.perf_counter() - t0
+    model = trainer.model
+    model.cpu()
+    weights_path = save_weights(model, out / "model.safetensors")
+    spec_path = write_json(out / "model.json", model.spec.to_dict(), allow_nan=False)
+    history_path = write_json(
+        out / "history.json", {"best_epoch": trainer.best_epoch, "epochs": trainer.history_table()}, allow_nan=False
+    )
+    # 6. the baseline on the same training buildings
+    t0 = time.perf_counter()
+    baseline = _baseline(index, out, config)
+    timings["baseline"] = time.perf_counter() - t0
+    # 7. classify the test and validation tiles' buildings
+    t0 = time.perf_counter()
+    predictions = out / "buildings.parquet"
+    pred = _classify_held(model, footprints, split, parts[_TEST] + parts[_VALID], post, pre, config, predictions)
+    timings["classify"] = time.perf_counter() - t0
+    # 8. figures of the test and validation parts, kept apart; card and per-building Item
+    results = _evaluate(pred, baseline, classes, config.model_name)
+    evaluation_json, pngs = write_evaluation(results, out, split=record)
+    test_m, valid_m = results["test"][config.model_name], results["validation"][config.model_name]
+    base_m = results["test"][BASELINE_NAME]
+    catalog = _publish(
+        out, model, weights_path, predictions, evaluation_json, config, results, record, trainer.best_epoch,
+        parts[_TRAIN], parts[_VALID], parts[_TEST], tile_items, trainer.hyperparameters,
+    )  # fmt: skip
+    timings["total"] = time.perf_counter() - t_start
+    log(
+        f"test: macro-F1 {test_m.macro_f1:.3f}, F1 {test_m.f1} ({BASELINE_NAME}: macro-F1 {base_m.macro_f1:.3f}); "
+        f"validation: macro-F1 {valid_m.macro_f1:.3f}"
+    )
+    return DamageResult(
+        out_dir=out,
+        config=config,
+        model=model,
+        spec=model.spec,
+        classes=classes,
+        tiles=found,
+        train_tiles=parts[_TRAIN],
+        valid_tiles=parts[_VALID],
+        test_tiles=parts[_TEST],
+        split=record,
+        excluded=excluded,
+        history=trainer.history,
+        best_epoch=trainer.best_epoch,
+        test_metrics=test_m,
+        valid_metrics=valid_m,
+        baseline_metrics=base_m,
+        n_train=n_train,
+        n_valid=int(valid_m.n_samples),
+        n_test=int(test_m.n_samples),
+        chips_index=chips_index,
+        weights_path=weights_path,
+        spec_path=spec_path,
+        predictions=predictions,
+        evaluation_json=evaluation_json,
+        confusion_png=pngs["test"],
+        history_path=history_path,
+        catalog=catalog,
+        timings=timings,
+    )
 
+
+def _find_tiles(
+    data_dir: str | os.PathLike[str], tiles: Sequence[str] | None
+) -> tuple[dict[str, XbdTile], dict[str, dict[str, pystac.Item]]]:
+    """The tiles of a STAC catalog (``.json`` or URL) or of an xBD folder, with their Items (catalog only)."""
+    if str(data_dir).endswith(".json") or "://" in str(data_dir):
+        return tiles_from_catalog(data_dir, tiles)
+    return find_xbd_tiles(data_dir, tiles), {}
+
+
+def _images(found: Mapping[str, XbdTile], stack_pre: bool) -> tuple[dict[str, Path], dict[str, Path] | None]:
+    """Post images by tile, and pre images by tile when ``stack_pre`` (every tile must have one)."""
+    post = {t: x.post_image for t, x in found.items()}
+    if not stack_pre:
+        return post, None
+    missing = [t for t, x in found.items() if x.pre_image is None]
+    if missing:
+        raise FootprintsNotFoundError(f"stack_pre=True but tiles {missing} have no pre-disaster image.")
+    return post, {t: x.pre_image for t, x in found.items() if x.pre_image is not None}
+
+
+def _train(
+    chips_index: Path,
+    out: Path,
+    cmap: ClassMap,
+    parts: Mapping[str, list[str]],
+    config: DamageConfig,
+    progress: bool,
+    log: Callable[[str], None],
+) -> tuple[ClassifierTrainer, int]:
+    """Build the classifier (normalised with the training chips' statistics) and fit it; the
+    trainer (its model holds the kept epoch's weights) and the number of training chips."""
+    classes = cmap.classes
+    bands = json.loads((out / "chips.json").read_text(encoding="utf-8"))["bands"]
     train_ds = FootprintChipDataset(chips_index, _TRAIN, classes=classes, cache=True)
     valid_ds = FootprintChipDataset(chips_index, _VALID, classes=classes, cache=True)
     mean, std = chip_band_statistics(chips_index, _TRAIN)
@@ -679,9 +441,9 @@ def run_damage(
         extra={
             "class_map": cmap.to_dict(),
             "classvalue_field": config.classvalue_field,
-            "train_tiles": train_tiles,
-            "valid_tiles": valid_tiles,
-            "test_tiles": test_tiles,
+            "train_tiles": parts[_TRAIN],
+            "valid_tiles": parts[_VALID],
+            "test_tiles": parts[_TEST],
         },
     )
     trainer = ClassifierTrainer(
@@ -696,35 +458,45 @@ def run_damage(
         seed=config.seed,
         num_workers=config.num_workers,
     )
-    t0 = time.perf_counter()
 
     def on_epoch(r: ClassifierEpoch) -> None:
         log(f"epoch {r.epoch}: train loss {r.train_loss:.3f}, valid loss {r.valid_loss:.3f}, valid macro-F1 {r.valid_macro_f1:.3f}")
 
-    history = trainer.fit(
-        config.epochs, config.lr, progress=progress, on_epoch=on_epoch, keep_best=config.keep_best, patience=config.patience
+    trainer.fit(config.epochs, config.lr, progress=progress, on_epoch=on_epoch, keep_best=config.keep_best, patience=config.patience)
+    return trainer, len(train_ds)
+
+
+def _baseline(index: gpd.GeoDataFrame, root: Path, config: DamageConfig) -> pd.Series:
+    """Class values predicted by the baseline for every building of the chip index (-2 without
+    chip), indexed by ``footprint_id``; fitted on the labelled training buildings."""
+    features, _ = chip_features(index, root)
+    train = (index["split"] == _TRAIN).to_numpy() & (index["class_value"] >= 0).to_numpy()
+    values = hist_gradient_boosting_baseline(
+        features,
+        index["class_value"].to_numpy(),
+        train,
+        class_weight="balanced" if config.class_weights == "balanced" else None,
+        seed=config.seed,
     )
-    timings["train"] = time.perf_counter() - t0
-    model = trainer.model  # type: ignore[assignment]
-    model.cpu()
-    weights_path = save_weights(model, out / "model.safetensors")
-    spec_path = out / "model.json"
-    write_json(spec_path, model.spec.to_dict(), allow_nan=False)
-    history_path = out / "history.json"
-    write_json(history_path, {"best_epoch": trainer.best_epoch, "epochs": trainer.history_table()}, allow_nan=False)
+    return pd.Series(values, index=index["footprint_id"].to_numpy())
 
-    t0 = time.perf_counter()
-    baseline = pd.Series(_baseline(index, out, classes, config), index=index["footprint_id"].to_numpy())
-    timings["baseline"] = time.perf_counter() - t0
 
-    scored_tiles = test_tiles + valid_tiles
+def _classify_held(
+    model: ObjectClassifier,
+    footprints: gpd.GeoDataFrame,
+    split: Mapping[str, str],
+    scored_tiles: list[str],
+    post: Mapping[str, Path],
+    pre: Mapping[str, Path] | None,
+    config: DamageConfig,
+    predictions: Path,
+) -> gpd.GeoDataFrame:
+    """Classify every building of ``scored_tiles`` (reference kept as ``reference_*``, ``part``) into ``predictions``."""
     held = footprints[footprints["tile"].isin(scored_tiles)].rename(
         columns={"class_value": "reference_value", "class_name": "reference_name", "status": "label_status"}
     )
     held = held.assign(part=held["tile"].map(split))
-    t0 = time.perf_counter()
-    predictions = out / "buildings.parquet"
-    pred = classify_objects(
+    return classify_objects(
         model,
         held,
         {t: post[t] for t in scored_tiles},
@@ -733,110 +505,27 @@ def run_damage(
         device=config.device,
         out_path=predictions,
     )
-    timings["classify"] = time.perf_counter() - t0
+
+
+def _evaluate(
+    pred: gpd.GeoDataFrame, baseline: pd.Series, classes: Sequence[ClassInfo], model_name: str
+) -> dict[str, dict[str, ClassificationMetrics]]:
+    """Per-building figures of the labelled test and validation buildings, apart; the baseline on the test part."""
     results: dict[str, dict[str, ClassificationMetrics]] = {}
     for part, key in ((_TEST, "test"), (_VALID, "validation")):
         scored = pred[(pred["part"] == part) & (pred["reference_value"] >= 0)]
         ref = scored["reference_value"].to_numpy()
-        results[key] = {config.model_name: _score(ref, scored["class_value"].fillna(-2).to_numpy(), classes)}
+        results[key] = {model_name: _score(ref, scored["class_value"].fillna(-2).to_numpy(), classes)}
         if part == _TEST:
             base = baseline.reindex(scored["footprint_id"].to_numpy()).fillna(-2).to_numpy()
             results[key][BASELINE_NAME] = _score(ref, base, classes)
-    evaluation_json, pngs = write_evaluation(results, out, split=record)
-    test_m, valid_m = results["test"][config.model_name], results["validation"][config.model_name]
-    base_m = results["test"][BASELINE_NAME]
-    catalog = _publish(
-        out, model, weights_path, predictions, evaluation_json, config, results, record, trainer.best_epoch,
-        train_tiles, valid_tiles, test_tiles, tile_items, trainer.hyperparameters,
-    )  # fmt: skip
-    timings["total"] = time.perf_counter() - t_start
-    log(
-        f"test: macro-F1 {test_m.macro_f1:.3f}, F1 {test_m.f1} ({BASELINE_NAME}: macro-F1 {base_m.macro_f1:.3f}); "
-        f"validation: macro-F1 {valid_m.macro_f1:.3f}"
+    return results
+
+
+def _score(reference: np.ndarray, predicted: np.ndarray, classes: Sequence[ClassInfo]) -> ClassificationMetrics:
+    return compute_metrics(
+        reference.astype(np.int64), predicted.astype(np.int64), [c.value for c in classes], [c.name for c in classes], ignore_index=None
     )
-    return DamageResult(
-        out_dir=out,
-        config=config,
-        model=model,
-        spec=model.spec,
-        classes=classes,
-        tiles=found,
-        train_tiles=train_tiles,
-        valid_tiles=valid_tiles,
-        test_tiles=test_tiles,
-        split=record,
-        excluded=excluded,
-        history=history,
-        best_epoch=trainer.best_epoch,
-        test_metrics=test_m,
-        valid_metrics=valid_m,
-        baseline_metrics=base_m,
-        n_train=len(train_ds),
-        n_valid=int(valid_m.n_samples),
-        n_test=int(test_m.n_samples),
-        chips_index=chips_index,
-        weights_path=weights_path,
-        spec_path=spec_path,
-        predictions=predictions,
-        evaluation_json=evaluation_json,
-        confusion_png=pngs["test"],
-        history_path=history_path,
-        catalog=catalog,
-        timings=timings,
-    )
-
-
-def tiles_from_catalog(
-    source: str | os.PathLike[str], tiles: Sequence[str] | None = None
-) -> tuple[dict[str, XbdTile], dict[str, dict[str, pystac.Item]]]:
-    """The tiles of a STAC catalog laid out like ``catalogs/xbd-santarosa``.
-
-    Items carry ``xbd:tile``; per tile an imagery Item id ending in ``-post`` (asset
-    ``image``), optionally ``-pre``, and a label Item ending in ``-labels`` (asset ``labels``:
-    the xBD JSON, or any vector file :func:`~staclearn.data.footprints.read_footprints` reads).
-
-    Args:
-        source: catalog path/URL, ItemCollection or STAC API (as :func:`~staclearn.data.search.open_items`).
-        tiles: tile ids to keep (a bare number matches ``*_<number>``); default all.
-
-    Returns:
-        ``({tile: XbdTile}, {tile: {"pre"|"post"|"labels": Item}})``.
-
-    Raises:
-        NoItemsFoundError: no Item with ``xbd:tile``, or a tile without post imagery / labels.
-    """
-    from staclearn.data.search import open_items
-
-    groups: dict[str, dict[str, pystac.Item]] = {}
-    for item in open_items(source):
-        tile = item.properties.get("xbd:tile")
-        if tile:
-            kind = item.id.rsplit("-", 1)[-1]
-            groups.setdefault(str(tile), {})[kind] = item
-    if not groups:
-        raise NoItemsFoundError(f"No Item with an 'xbd:tile' property in {source}; see scripts/build_xbd_catalog.py.")
-    found: dict[str, XbdTile] = {}
-    for tile, g in sorted(groups.items()):
-        if tiles is not None and not any(tile == t or tile.endswith(f"_{t}") for t in tiles):
-            continue
-        if "post" not in g or "labels" not in g:
-            raise NoItemsFoundError(f"Tile {tile!r} in {source} lacks a '-post' imagery Item or a '-labels' Item.")
-
-        def href(kind: str, asset: str, g: dict[str, pystac.Item] = g) -> Path | None:
-            item = g.get(kind)
-            if item is None:
-                return None
-            if asset not in item.assets:
-                raise AssetNotFoundError(f"Item {item.id!r} has no asset {asset!r}; it has {sorted(item.assets)}.")
-            return Path(item.assets[asset].get_absolute_href() or item.assets[asset].href)
-
-        post, labels = href("post", "image"), href("labels", "labels")
-        if post is None or labels is None:  # pragma: no cover - checked above
-            raise NoItemsFoundError(f"Tile {tile!r} lacks post imagery or labels.")
-        found[tile] = XbdTile(tile, post, labels, href("pre", "image"), None)
-    if tiles is not None and len(found) != len(tiles):
-        raise NoItemsFoundError(f"Tiles {list(tiles)} match {sorted(found)} in {source}; tiles are {sorted(groups)}.")
-    return found, {t: groups[t] for t in found}
 
 
 def _publish(
@@ -857,8 +546,7 @@ def _publish(
 ) -> Path:
     """Write the MLM card and the per-building Item into ``out/catalog.json``."""
     from staclearn.stac.modelcard import model_card
-    from staclearn.stac.items import vector_item
-    from staclearn.stac.catalog import write_catalog
+    from staclearn.stac.objects import object_catalog
 
     run_id = out.resolve().name
     metrics = {part: {name: summary(m) for name, m in models.items()} for part, models in results.items()}
@@ -889,26 +577,18 @@ def _publish(
     )
     card.properties["staclearn:split"] = dict(record)
     add_onnx_artifact(card, model, required=False)
-    card.add_asset(
-        "evaluation",
-        pystac.Asset(
-            str(evaluation_json.resolve()), media_type=pystac.MediaType.JSON, roles=["metadata"],
-            title="Evaluation: test tiles and validation tiles apart",
-        ),
-    )  # fmt: skip
-    table = gpd.read_parquet(predictions)
     scored = test_tiles + valid_tiles
-    sources = [tile_items[t][k] for t in scored if t in tile_items for k in ("pre", "post") if k in tile_items[t]]
-    result = vector_item(
-        str(predictions.resolve()),
-        table,
-        id=f"{run_id}-buildings",
+    return object_catalog(
+        out,
+        card,
+        predictions,
         classes=model.spec.classes,
-        source_items=sources,
-        model_card=card,
+        metrics=metrics,
+        split=record,
+        source_items=[tile_items[t][k] for t in scored if t in tile_items for k in ("pre", "post") if k in tile_items[t]],
+        evaluation_json=evaluation_json,
+        evaluation_title="Evaluation: test tiles and validation tiles apart",
+        id=f"{run_id}-buildings",
         title="Buildings of the test and validation tiles with predicted damage class and confidence",
+        description="staclearn building-damage run",
     )
-    result.properties["staclearn:metrics"] = metrics
-    result.properties["staclearn:split"] = dict(record)
-    write_catalog([card, result], out, id=run_id, description="staclearn building-damage run")
-    return out / "catalog.json"
