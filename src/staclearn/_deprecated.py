@@ -29,7 +29,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "labels": ("staclearn.data.labels",),
     "footprints": ("staclearn.data.footprints",),
     "splits": ("staclearn.data.splits",),
-    "footprint_chips": ("staclearn.chips.objects",),
+    "footprint_chips": ("staclearn.chips.objects", "staclearn.chips.object_dataset"),
     "sampling": ("staclearn.chips.sampling",),
     "augment": ("staclearn.chips.augment",),
     "classifier": ("staclearn.models.classifier",),
@@ -48,7 +48,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "modelcard": ("staclearn.stac.modelcard",),
     "validate": ("staclearn.stac.validate",),
     "landcover": ("staclearn.workflows.landcover",),
-    "damage": ("staclearn.workflows.damage",),
+    "damage": ("staclearn.workflows.damage", "staclearn.data.xbd"),
     "change": ("staclearn.workflows.change",),
 }
 
