@@ -49,7 +49,11 @@ MOVED: dict[str, tuple[str, ...]] = {
     "validate": ("staclearn.stac.validate",),
     "landcover": ("staclearn.workflows.landcover",),
     "damage": ("staclearn.workflows.damage", "staclearn.data.xbd"),
-    "change": ("staclearn.workflows.change",),
+    "change": (
+        "staclearn.data.pairs", "staclearn.data.splits", "staclearn.chips.pairs", "staclearn.models.change",
+        "staclearn.models.segmentation", "staclearn.inference.change", "staclearn.evaluation.cva",
+        "staclearn.evaluation.change", "staclearn.stac.change", "staclearn.workflows.change",
+    ),
 }
 
 #: names that ``staclearn.<name>`` exported in 0.1 but no longer does -> their module now

@@ -7,8 +7,9 @@ import lazy_loader as _lazy
 
 __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
-    submodules=['classifier', 'segmentation'],
+    submodules=['change', 'classifier', 'segmentation'],
     submod_attrs={
+        'change': ['build_change_model', 'load_change_model', 'ChangeLoss'],
         'classifier': ['ClassifierSpec', 'ObjectClassifier', 'build_classifier'],
         'segmentation': ['ModelSpec', 'SegmentationModel', 'PixelConvNet', 'SegmentationEnsemble', 'SpectralIndices', 'SPECTRAL_INDICES', 'LANDSAT_ETM_BANDS', 'spectral_index_statistics', 'member_spec', 'PIXEL_CONV', 'SiameseDiffUnet', 'FUSIONS', 'DATE_PREFIXES', 'pair_band_names', 'model_from_spec', 'build_model', 'save_weights', 'load_weights'],
     },
