@@ -644,29 +644,34 @@ class Trainer(BaseTrainer):
         if self.valid_loader is None:
             nan = float("nan")
             return {"valid_loss": nan, "valid_accuracy": nan, "valid_miou": nan, "valid_iou": {}}
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
-
-        acc = MulticlassAccuracy(self.num_classes, average="micro", ignore_index=self.ignore_index).to(self.device)
-        iou = MulticlassJaccardIndex(self.num_classes, average="none", ignore_index=self.ignore_index).to(self.device)
+        # one confusion matrix (rows reference, columns predicted) over the labelled pixels gives
+        # overall accuracy and IoU per class as torchmetrics' MulticlassAccuracy(average="micro") and
+        # MulticlassJaccardIndex(average="none") do (float32 ratios of exact counts), without their
+        # per-batch torch.unique
+        k = self.num_classes
+        confusion = torch.zeros(k * k, dtype=torch.int64, device=self.device)
         self.model.eval()
         total, n = 0.0, 0
-        present = torch.zeros(self.num_classes, dtype=torch.bool, device=self.device)
         with torch.no_grad():
             for x, y in self.valid_loader:
                 x, y = x.to(self.device), y.to(self.device)
                 logits = self.model(x)
-                labelled = int((y != self.ignore_index).sum())
-                if labelled:
-                    total += float(self.loss_fn(logits, y)) * labelled
-                    n += labelled
+                labelled = y != self.ignore_index
+                count = int(labelled.sum())
+                if count:
+                    total += float(self.loss_fn(logits, y)) * count
+                    n += count
                 pred = logits.argmax(1)
-                acc.update(pred, y)
-                iou.update(pred, y)
-                present |= torch.bincount(y[y != self.ignore_index], minlength=self.num_classes)[: self.num_classes] > 0
-        per_class = iou.compute()
+                confusion += torch.bincount(y[labelled] * k + pred[labelled], minlength=k * k)[: k * k]
+        confusion = confusion.reshape(k, k)
+        hits, reference, predicted = confusion.diagonal(), confusion.sum(1), confusion.sum(0)
+        present = reference > 0
+        accuracy = hits.sum().float() / confusion.sum().float() if confusion.sum() > 0 else torch.tensor(0.0)
+        union = (reference + predicted - hits).float()
+        per_class = torch.where(union > 0, hits.float() / union.clamp(min=1), torch.zeros_like(union))
         miou = float(per_class[present].mean()) if present.any() else float("nan")
-        ious = {name: float(per_class[k]) if present[k] else float("nan") for k, name in enumerate(self.class_names)}
-        return {"valid_loss": total / max(n, 1), "valid_accuracy": float(acc.compute()), "valid_miou": miou, "valid_iou": ious}
+        ious = {name: float(per_class[c]) if present[c] else float("nan") for c, name in enumerate(self.class_names)}
+        return {"valid_loss": total / max(n, 1), "valid_accuracy": float(accuracy), "valid_miou": miou, "valid_iou": ious}
 
 
 def train_ensemble(
