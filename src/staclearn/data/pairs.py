@@ -52,6 +52,7 @@ from staclearn.errors import (
 )
 
 __all__ = [
+    "DATE_PREFIXES",
     "CHANGE_CLASSES",
     "load_pair",
     "load_png_pair",
@@ -61,6 +62,9 @@ __all__ = [
     "load_pairs",
 ]
 
+
+DATE_PREFIXES = ("t1:", "t2:")
+"""Prefixes of the stacked band names: ``t1:`` the before date, ``t2:`` the after date."""
 
 CHANGE_CLASSES: tuple[ClassInfo, ...] = (
     ClassInfo(0, "no change", "D9D9D9", "No change between the two dates"),
@@ -453,10 +457,6 @@ def stack_pair(before: xr.DataArray, after: xr.DataArray, *, standardize: bool =
             f"The before cube ({dict(b.sizes)}, CRS {b.odc.crs}) and the after cube ({dict(a.sizes)}, "
             f"CRS {a.odc.crs}) are not on one GeoBox; load them with load_pair (one GeoBox for both)."
         )
-    from staclearn.models.segmentation import (
-        DATE_PREFIXES,  # "t1:", "t2:" (imported here: it loads torch)
-    )
-
     parts = []
     for prefix, date in zip(DATE_PREFIXES, (b, a), strict=True):
         date = _nodata_to_nan(date)

@@ -20,6 +20,7 @@ from torch import nn
 
 from staclearn.errors import ConfigError, UnsafeWeightsError
 from staclearn.data.labels import ClassInfo
+from staclearn.data.pairs import DATE_PREFIXES
 
 __all__ = [
     "ModelSpec",
@@ -44,9 +45,6 @@ __all__ = [
 
 FUSIONS = ("early", "siam-diff")
 """Fusion of two dates (``spec.extra["fusion"]``): early fusion (FC-EF) or siamese feature differences (FC-Siam-diff)."""
-
-DATE_PREFIXES = ("t1:", "t2:")
-"""Prefixes of the stacked band names: ``t1:`` the before date, ``t2:`` the after date."""
 
 _ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Linknet", "PSPNet")
 
