@@ -42,21 +42,42 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pystac
+import torch
 
 from staclearn._io import check_run_folder, write_json
-from staclearn.chips.object_dataset import FootprintChipDataset, chip_band_statistics, chip_features
+from staclearn.chips.object_dataset import (
+    FootprintChipDataset,
+    chip_band_statistics,
+    chip_features,
+)
 from staclearn.chips.objects import export_footprint_chips
-from staclearn.data.footprints import ClassMap, assign_classes, get_class_map, read_footprints, read_xbd_labels
+from staclearn.data.footprints import (
+    ClassMap,
+    assign_classes,
+    get_class_map,
+    read_footprints,
+    read_xbd_labels,
+)
 from staclearn.data.labels import ClassInfo
 from staclearn.data.splits import PART_NAMES, TEST, TRAIN, VALID
-from staclearn.data.xbd import XbdTile, find_xbd_tiles, split_tiles, tile_split_record, tiles_from_catalog
+from staclearn.data.xbd import (
+    XbdTile,
+    find_xbd_tiles,
+    split_tiles,
+    tile_split_record,
+    tiles_from_catalog,
+)
 from staclearn.errors import FootprintsNotFoundError
 from staclearn.evaluation.baselines import hist_gradient_boosting_baseline
 from staclearn.evaluation.metrics import ClassificationMetrics, compute_metrics, summary
 from staclearn.evaluation.reports import write_evaluation
 from staclearn.inference.engines import add_onnx_artifact
 from staclearn.inference.objects import classify_objects
-from staclearn.models.classifier import ClassifierSpec, ObjectClassifier, build_classifier
+from staclearn.models.classifier import (
+    ClassifierSpec,
+    ObjectClassifier,
+    build_classifier,
+)
 from staclearn.models.segmentation import save_weights
 from staclearn.training.objects import ClassifierEpoch, ClassifierTrainer
 
@@ -428,6 +449,7 @@ def _train(
     train_ds = FootprintChipDataset(chips_index, _TRAIN, classes=classes, cache=True)
     valid_ds = FootprintChipDataset(chips_index, _VALID, classes=classes, cache=True)
     mean, std = chip_band_statistics(chips_index, _TRAIN)
+    torch.manual_seed(config.seed)  # the weight initialisation is part of what `seed` reproduces
     model = build_classifier(
         bands,
         classes,
