@@ -20,6 +20,7 @@ from typing import Any
 import pystac
 from pystac.utils import str_to_datetime
 
+from staclearn._io import HTTP_RETRY_STATUSES, http_retry, is_url
 from staclearn.errors import (
     CatalogNotFoundError,
     ConfigError,
@@ -28,44 +29,17 @@ from staclearn.errors import (
     StacApiError,
     StaclearnError,
 )
-from staclearn._io import is_url
 
 __all__ = ["open_items", "item_time_range", "bbox_intersects", "api_retry", "RETRY_STATUSES"]
 
 Modifier = Callable[[Any], Any]
 BBox = tuple[float, float, float, float]
 
-#: HTTP statuses worth retrying: rate limiting and server-side failures (RFC 9110, RFC 6585).
-RETRY_STATUSES = (429, 500, 502, 503, 504)
-
-
-def api_retry(retries: int = 4, backoff: float = 0.5):  # -> urllib3.util.retry.Retry
-    """The retry policy of STAC API requests: ``retries`` attempts after the first on
-    connection errors and HTTP 429 / 500 / 502 / 503 / 504, any method (STAC ``/search`` is
-    often a POST and has no side effect), waiting ``backoff * 2**(n - 1)`` s before the n-th
-    retry (a ``Retry-After`` header is honoured). The last answer is returned, not raised, so
-    the caller sees its status.
-
-    Args:
-        retries: retries after the first attempt (0: none).
-        backoff: base of the exponential wait, seconds.
-
-    Returns:
-        A ``urllib3.util.retry.Retry`` for pystac-client's ``StacApiIO(max_retries=...)``.
-    """
-    from urllib3.util.retry import Retry
-
-    return Retry(
-        total=retries,
-        connect=retries,
-        read=retries,
-        status=retries,
-        backoff_factor=backoff,
-        status_forcelist=RETRY_STATUSES,
-        allowed_methods=None,
-        respect_retry_after_header=True,
-        raise_on_status=False,
-    )
+#: HTTP statuses worth retrying (429 rate limiting, 5xx server failures): the one policy of every
+#: HTTP read, STAC API requests here and fsspec / requests reads in :mod:`staclearn._io`.
+RETRY_STATUSES = HTTP_RETRY_STATUSES
+#: ``api_retry(retries=4, backoff=0.5)``: the urllib3 ``Retry`` given to pystac-client's ``StacApiIO``.
+api_retry = http_retry
 
 
 def _http_status(err: BaseException | None) -> int | None:
