@@ -170,8 +170,17 @@ def test_pickle_weights_in_a_card_are_refused(nc_run, tmp_path):
         def __reduce__(self):
             return (open, (str(tmp_path / "pwned"), "w"))
 
+    from staclearn.errors import WeightsChecksumError
+
     (tmp_path / "evil.pt").write_bytes(pickle.dumps(Payload()))
     card["assets"]["weights"]["href"] = "evil.pt"
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    # the card records the SHA-256 of its weights: a swapped file is refused before it is read
+    with pytest.raises(WeightsChecksumError):
+        load_model(tmp_path / "card.json")
+    assert not (tmp_path / "pwned").exists()
+    # a card without the checksum (edited along with the file): the pickle is still never loaded
+    del card["assets"]["weights"]["file:checksum"]
     (tmp_path / "card.json").write_text(json.dumps(card))
     with pytest.raises(UnsafeWeightsError):
         load_model(tmp_path / "card.json")
