@@ -167,3 +167,24 @@ def test_public_names_have_docstrings():
                 if not ast.get_docstring(node):
                     missing.append(f"{rel}:{node.lineno} {node.name}")
     assert missing == []
+
+
+def test_stage_package_inits_are_in_sync_with_their_modules():
+    """Each stage package's lazy ``__init__`` exports exactly its modules' ``__all__``
+    (``python scripts/gen_inits.py`` writes them); every name resolves."""
+    import ast
+    import importlib
+
+    src = Path(staclearn.__file__).parent
+    for init in sorted(src.glob("*/__init__.py")):
+        pkg = importlib.import_module(f"staclearn.{init.parent.name}")
+        expected: set[str] = set()
+        for mod in init.parent.glob("[!_]*.py"):
+            for node in ast.parse(mod.read_text()).body:
+                if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+                    expected |= {e.value for e in node.value.elts}
+        modules = {m.stem for m in init.parent.glob("*.py")}
+        exported = set(pkg.__all__) - (modules - expected)  # lazy_loader lists the submodules too
+        assert exported == expected, f"{init}: run python scripts/gen_inits.py"
+        for name in sorted(exported)[:3]:
+            assert getattr(pkg, name) is not None
