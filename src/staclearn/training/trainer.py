@@ -644,31 +644,32 @@ class Trainer(BaseTrainer):
         if self.valid_loader is None:
             nan = float("nan")
             return {"valid_loss": nan, "valid_accuracy": nan, "valid_miou": nan, "valid_iou": {}}
-        # one confusion matrix (rows reference, columns predicted) over the labelled pixels gives
-        # overall accuracy and IoU per class as torchmetrics' MulticlassAccuracy(average="micro") and
-        # MulticlassJaccardIndex(average="none") do (float32 ratios of exact counts), without their
-        # per-batch torch.unique
-        k = self.num_classes
-        confusion = torch.zeros(k * k, dtype=torch.int64, device=self.device)
+        from torchmetrics.classification import MulticlassStatScores
+
+        # one metrics path for both trainers: torchmetrics counts true / false positives and
+        # negatives per class over the labelled pixels (ignore_index dropped) on the device;
+        # overall accuracy and IoU per class are float32 ratios of those exact counts, as
+        # torchmetrics' MulticlassAccuracy(average="micro") / MulticlassJaccardIndex(average="none")
+        # give (validate_args=False skips their per-batch torch.unique)
+        stats = MulticlassStatScores(
+            self.num_classes, average="none", ignore_index=self.ignore_index, validate_args=False
+        ).to(self.device)
         self.model.eval()
         total, n = 0.0, 0
         with torch.no_grad():
             for x, y in self.valid_loader:
                 x, y = x.to(self.device), y.to(self.device)
                 logits = self.model(x)
-                labelled = y != self.ignore_index
-                count = int(labelled.sum())
+                count = int((y != self.ignore_index).sum())
                 if count:
                     total += float(self.loss_fn(logits, y)) * count
                     n += count
-                pred = logits.argmax(1)
-                confusion += torch.bincount(y[labelled] * k + pred[labelled], minlength=k * k)[: k * k]
-        confusion = confusion.reshape(k, k)
-        hits, reference, predicted = confusion.diagonal(), confusion.sum(1), confusion.sum(0)
-        present = reference > 0
-        accuracy = hits.sum().float() / confusion.sum().float() if confusion.sum() > 0 else torch.tensor(0.0)
-        union = (reference + predicted - hits).float()
-        per_class = torch.where(union > 0, hits.float() / union.clamp(min=1), torch.zeros_like(union))
+                stats.update(logits.argmax(1), y)
+        tp, fp, _, fn, support = stats.compute().cpu().unbind(1)
+        present = support > 0
+        accuracy = tp.sum().float() / support.sum().float() if support.sum() > 0 else torch.tensor(0.0)
+        union = (tp + fp + fn).float()
+        per_class = torch.where(union > 0, tp.float() / union.clamp(min=1), torch.zeros_like(union))
         miou = float(per_class[present].mean()) if present.any() else float("nan")
         ious = {name: float(per_class[c]) if present[c] else float("nan") for c, name in enumerate(self.class_names)}
         return {"valid_loss": total / max(n, 1), "valid_accuracy": float(accuracy), "valid_miou": miou, "valid_iou": ious}
