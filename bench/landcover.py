@@ -107,7 +107,7 @@ def load_scene() -> dict[str, Any]:
     """The NC scene through the library, as ``run_landcover`` loads it."""
     from staclearn.data.cube import load_cube, valid_mask
     from staclearn.data.labels import IGNORE_INDEX, load_label_raster
-    from staclearn.workflows.landcover import split_label_items
+    from staclearn.data.labels import split_label_items
     from staclearn.data.search import open_items
 
     imagery, label_items = split_label_items(open_items(CATALOG))
@@ -142,7 +142,7 @@ def run_one(
     from staclearn.models.segmentation import build_model
     from staclearn.inference.raster import CLASS_MAP_NODATA, predict_class_map
     from staclearn.data.splits import TEST, TRAIN
-    from staclearn.training.trainer import train_ensemble
+    from staclearn.training.segmentation import train_ensemble
 
     image, labels, ok, classes, cube = scene["image"], scene["labels"], scene["ok"], scene["classes"], scene["cube"]
     names = [c.name for c in classes]

@@ -132,7 +132,7 @@ def make_card(work: Path) -> Path:
     sys.path.insert(0, str(work))
     import common  # the peers' module: build_model() with the seeded weights
 
-    from staclearn.inference.engines import add_onnx_artifact
+    from staclearn.stac.onnx import add_onnx_artifact
     from staclearn.data.labels import ClassInfo
     from staclearn.stac.modelcard import model_card
     from staclearn.models.segmentation import build_model, save_weights

@@ -46,7 +46,7 @@ class NcRun:
 
 
 def nc_source_item() -> pystac.Item:
-    from staclearn.workflows.landcover import split_label_items
+    from staclearn.data.labels import split_label_items
     from staclearn.data.search import open_items
 
     imagery, _ = split_label_items(open_items(str(NC_CATALOG)))

@@ -58,7 +58,7 @@ from staclearn.models.segmentation import (
 from staclearn.stac.change import change_mask_item
 from staclearn.stac.modelcard import load_model, model_card, spec_from_card
 from staclearn.stac.validate import validate, validate_catalog
-from staclearn.training.trainer import Trainer
+from staclearn.training.segmentation import Trainer
 from staclearn.workflows.change import ChangeConfig, run_change
 
 CRS = "EPSG:32631"

@@ -202,7 +202,7 @@ def test_threaded_warps_print_no_stray_georef_warning(nc_catalog):
 
     from staclearn.data.cube import load_cube
     from staclearn.data.search import open_items
-    from staclearn.workflows.landcover import split_label_items
+    from staclearn.data.labels import split_label_items
 
     shown: list[tuple[type, str]] = []
     with warnings.catch_warnings():

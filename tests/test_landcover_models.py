@@ -23,7 +23,7 @@ from staclearn.models.segmentation import (
     save_weights,
     spectral_index_statistics,
 )
-from staclearn.training.trainer import Trainer
+from staclearn.training.segmentation import Trainer
 
 SCHEMAS = Path(__file__).parents[2] / "shared" / "schemas"
 BANDS = ["b1", "b2", "b3", "b4", "b5"]
@@ -144,7 +144,7 @@ def test_card_round_trip_rebuilds_identical_model(tmp_path, members):
 
 
 def test_class_weight_options():
-    from staclearn.training.trainer import class_weights
+    from staclearn.training.segmentation import class_weights
 
     y = torch.tensor([[0] * 6 + [1] * 3 + [2] * 1])
     ds = TensorDataset(torch.zeros(1, 1, 1, 10), y.view(1, 1, 10))
@@ -185,7 +185,7 @@ def test_augmentation_with_radiometric_jitter_keeps_the_mask():
 
 
 def test_train_ensemble_and_index_statistics_from_pixels():
-    from staclearn.training.trainer import train_ensemble
+    from staclearn.training.segmentation import train_ensemble
 
     x = _raster(2)
     model = build_model(

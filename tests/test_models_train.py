@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 from staclearn.errors import UnsafeWeightsError
 from staclearn.data.labels import IGNORE_INDEX, ClassInfo
 from staclearn.models.segmentation import build_model, load_weights, save_weights
-from staclearn.training.trainer import Trainer, class_weights
+from staclearn.training.segmentation import Trainer, class_weights
 
 CLASSES = [ClassInfo(1, "dark"), ClassInfo(2, "bright")]
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from staclearn.inference.engines import ONNX_ASSET, OnnxModel, add_onnx_artifact, export_onnx, load_onnx_model
+from staclearn.inference.engines import ONNX_ASSET, OnnxModel, export_onnx, load_onnx_model
+from staclearn.stac.onnx import add_onnx_artifact
 from staclearn.errors import ModelCardError, StaclearnWarning, UnsafeWeightsError
 from staclearn.data.labels import ClassInfo
 from staclearn.stac.modelcard import load_model, model_card, read_card
@@ -41,7 +42,7 @@ def _card(tmp: Path, model: torch.nn.Module, *, tile_size: int = 256) -> Path:
 def nc(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
     """The NC Landsat scene as a cube + a seeded random-weights U-Net card with its ONNX artifact."""
     from staclearn.data.cube import load_cube
-    from staclearn.workflows.landcover import split_label_items
+    from staclearn.data.labels import split_label_items
     from staclearn.data.search import open_items
 
     shared = Path(__file__).parents[1].parent / "shared"

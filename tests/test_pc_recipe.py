@@ -195,7 +195,7 @@ def test_planetary_computer_recipe(pc, tmp_path):
     from staclearn.stac.items import class_map_item
     from staclearn.stac.catalog import write_catalog
     from staclearn.data.search import open_items
-    from staclearn.training.trainer import Trainer
+    from staclearn.training.segmentation import Trainer
 
     api, bbox = pc["api"], pc["bbox"]
     assert requests.get(f"{pc['blob']}/naip.tif", timeout=5).status_code == 403  # unsigned: refused

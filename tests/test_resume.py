@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from staclearn.data.labels import IGNORE_INDEX, ClassInfo
 from staclearn.models.segmentation import build_model
-from staclearn.training.trainer import Trainer
+from staclearn.training.segmentation import Trainer
 
 mode, work = sys.argv[1], Path(sys.argv[2])
 epochs, kill_epoch = int(sys.argv[3]), int(sys.argv[4])

@@ -145,7 +145,7 @@ def test_epoch_selection_uses_validation_only():
     """Validation and test disagree on purpose (test labels are the validation labels
     swapped), so scoring on test would keep another epoch; the trainer keeps the best
     validation epoch and never sees test."""
-    from staclearn.training.trainer import Trainer
+    from staclearn.training.segmentation import Trainer
 
     class Tiny(torch.nn.Module):
         def __init__(self) -> None:

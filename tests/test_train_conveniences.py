@@ -20,7 +20,7 @@ from staclearn.data.labels import IGNORE_INDEX, ClassInfo
 from staclearn.training.lr_finder import LRFindResult, steepest_lr, valley_lr
 from staclearn.models.segmentation import load_weights
 from staclearn.chips.sampling import class_presence, sample_weights
-from staclearn.training.trainer import Trainer
+from staclearn.training.segmentation import Trainer
 
 matplotlib.use("Agg")
 

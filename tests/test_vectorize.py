@@ -21,7 +21,8 @@ from fixtures_nc_run import nc_run  # noqa: F401  (fixture)
 from staclearn.errors import ConfigError
 from staclearn.data.labels import ClassInfo
 from staclearn.stac.catalog import write_catalog
-from staclearn.inference.vectorize import vectorize, vectorize_item
+from staclearn.inference.vectorize import vectorize
+from staclearn.stac.items import vectorize_item
 
 PIXEL_M2 = 28.5 * 28.5  # the NC grid, EPSG:32119 (metres)
 

@@ -412,7 +412,7 @@ def change_predict(
     from staclearn.data.pairs import load_pair
     from staclearn.inference.change import predict_change
     from staclearn.errors import ConfigError
-    from staclearn.workflows.landcover import split_label_items
+    from staclearn.data.labels import split_label_items
     from staclearn.stac.modelcard import load_model, read_card
     from staclearn.stac.catalog import write_catalog
     from staclearn.data.search import open_items
@@ -482,7 +482,7 @@ def predict(
     import rioxarray
 
     from staclearn.data.cube import load_cube
-    from staclearn.workflows.landcover import split_label_items
+    from staclearn.data.labels import split_label_items
     from staclearn.stac.modelcard import load_model, read_card
     from staclearn.inference.raster import predict_to_cog
     from staclearn.stac.items import class_map_item
@@ -522,7 +522,7 @@ def export_onnx(
 ) -> None:
     """Export an existing card's model to ONNX beside its safetensors weights and list it in
     the card as a second mlm:model asset (mlm:artifact_type torch.onnx.export)."""
-    from staclearn.inference.engines import add_onnx_artifact
+    from staclearn.stac.onnx import add_onnx_artifact
     from staclearn.stac.modelcard import load_model, read_card
 
     try:
@@ -598,7 +598,8 @@ def vectorize(
     from staclearn.errors import ConfigError
     from staclearn._io import FsspecStacIO
     from staclearn.stac.catalog import write_catalog
-    from staclearn.inference.vectorize import class_map_asset, vectorize as polygonize, vectorize_item
+    from staclearn.inference.vectorize import class_map_asset, vectorize as polygonize
+    from staclearn.stac.items import vectorize_item
 
     if (item is None) == (raster is None):
         raise typer.BadParameter("give --item or --raster")

@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     submod_attrs={
         'cube': ['load_cube', 'band_names', 'valid_mask', 'read_pixels', 'find_unreadable_asset'],
         'footprints': ['ID_FIELD', 'STATUS_OK', 'STATUS_EXCLUDED', 'STATUS_EMPTY', 'STATUS_OUTSIDE', 'ClassMap', 'XBD_BINARY', 'XBD_DESTROYED', 'XBD_FOUR', 'CLASS_MAPS', 'get_class_map', 'read_xbd_labels', 'read_footprints', 'ensure_footprint_ids', 'assign_classes'],
-        'labels': ['IGNORE_INDEX', 'ClassInfo', 'classes_from_item', 'load_label_raster', 'rasterize_labels', 'values_to_indices', 'indices_to_values'],
+        'labels': ['split_label_items', 'IGNORE_INDEX', 'ClassInfo', 'classes_from_item', 'load_label_raster', 'rasterize_labels', 'values_to_indices', 'indices_to_values'],
         'pairs': ['DATE_PREFIXES', 'CHANGE_CLASSES', 'load_pair', 'load_png_pair', 'stack_pair', 'PairItems', 'group_pairs', 'load_pairs'],
         'search': ['open_items', 'item_time_range', 'bbox_intersects', 'api_retry', 'RETRY_STATUSES'],
         'splits': ['TRAIN', 'VALID', 'TEST', 'PART_NAMES', 'read_regions', 'regions_mask', 'part_counts', 'split_description', 'CitySplit', 'split_cities'],

@@ -20,9 +20,15 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from staclearn.data.cube import find_unreadable_asset, yx_dims
-from staclearn.errors import AssetNotFoundError, AssetReadError, LabelError, NoOverlapError
+from staclearn.errors import (
+    AssetNotFoundError,
+    AssetReadError,
+    LabelError,
+    NoOverlapError,
+)
 
 __all__ = [
+    "split_label_items",
     "IGNORE_INDEX",
     "ClassInfo",
     "classes_from_item",
@@ -354,3 +360,18 @@ def rasterize_labels(
         attrs={"classes": list(classes), "ignore_index": ignore_index},
         name="labels",
     )
+
+
+def split_label_items(items: Sequence[pystac.Item]) -> tuple[list[pystac.Item], list[pystac.Item]]:
+    """Separate imagery Items from label Items (label extension or ``label:`` properties).
+
+    Returns:
+        ``(imagery, labels)``.
+    """
+    labels = [
+        i
+        for i in items
+        if any("/label/" in e for e in i.stac_extensions) or any(k.startswith("label:") for k in i.properties)
+    ]
+    imagery = [i for i in items if i not in labels]
+    return imagery, labels

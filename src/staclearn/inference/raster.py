@@ -113,7 +113,7 @@ def auto_tile_size(
     batch of at least one tile:
 
     * activations: ``batch x tile² x bytes_per_px`` (``bytes_per_px`` from a probe forward,
-      see :func:`staclearn.inference.engines.add_onnx_artifact`; ~500 B/px for a U-Net ResNet-34, about
+      see :func:`staclearn.stac.onnx.add_onnx_artifact`; ~500 B/px for a U-Net ResNet-34, about
       what ONNX Runtime uses without its memory arena),
     * input tiles in flight: ``(prefetch + 2) x batch x bands x tile² x 4`` bytes,
     * the open rows of stitched probabilities: ``(classes + 1) x (tile + padding) x width x 4``

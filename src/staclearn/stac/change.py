@@ -134,7 +134,7 @@ def change_model_card(
 
     A :func:`staclearn.stac.modelcard.model_card` (both dates in ``mlm:input``) plus
     ``staclearn:split`` and ``staclearn:threshold``, an ONNX artifact when the export works
-    (:func:`staclearn.inference.engines.add_onnx_artifact`, a warning otherwise), and the
+    (:func:`staclearn.stac.onnx.add_onnx_artifact`, a warning otherwise), and the
     assets ``evaluation`` (JSON), ``confusion_matrix`` (test),
     ``confusion_matrix_<part>`` (other parts) and ``precision_recall`` (PNGs).
 
@@ -160,7 +160,7 @@ def change_model_card(
         ConfigError: ``model`` has no ``spec`` (it was not built by
             :func:`staclearn.models.change.build_change_model` or rebuilt from a card).
     """
-    from staclearn.inference.engines import add_onnx_artifact
+    from staclearn.stac.onnx import add_onnx_artifact
     from staclearn.stac.modelcard import model_card
 
     if getattr(model, "spec", None) is None:

@@ -26,6 +26,7 @@ from staclearn.data.labels import ClassInfo
 from staclearn.errors import PublishError
 
 __all__ = [
+    "vectorize_item",
     "unsigned_href",
     "geobox_geometry",
     "class_map_item",
@@ -376,3 +377,79 @@ def chips_collection(
         if href:
             col.add_link(pystac.Link("derived_from", unsigned_href(href), pystac.MediaType.JSON, title=f"source: {src.id}"))
     return col
+
+
+def vectorize_item(
+    item: pystac.Item,
+    class_map_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    min_area_m2: float = 0.0,
+    simplify_m: float | None = None,
+    probabilities: str | os.PathLike[str] | None = None,
+    name: str = "polygons.parquet",
+) -> pystac.Item:
+    """Polygonize a workflow's class map / change mask and describe it as a vector Item.
+
+    Writes ``out_dir/name`` (GeoParquet) and returns an Item (not saved: publish it with the
+    raster Item through :func:`staclearn.stac.catalog.write_catalog`) with the table as asset
+    ``polygons``, id ``<item id>-polygons``, the raster Item's time range and a
+    ``derived_from`` link to the raster Item (the Item object when it has no self href yet,
+    so the link follows it into the catalog).
+
+    Args:
+        item: the class-map / change-mask Item (classes, time range, probability asset).
+        class_map_path: the COG it describes (read here: the Item's href may be relative).
+        out_dir: folder for the GeoParquet file.
+        min_area_m2: minimum mapping unit, see :func:`vectorize`.
+        simplify_m: simplification tolerance in metres, see :func:`vectorize`.
+        probabilities: probability raster; default the Item's probability asset if its file
+            exists.
+        name: file name of the GeoParquet.
+
+    Returns:
+        The vector Item (classification and processing extensions).
+
+    Raises:
+        AssetNotFoundError, ConfigError: see :func:`vectorize`.
+        PublishError: the class map has no predicted pixel (nothing to publish).
+    """
+    from staclearn.data.labels import classes_from_item
+    from staclearn.inference.vectorize import class_map_asset, probability_asset, vectorize
+    from staclearn.data.search import item_time_range
+
+    key = class_map_asset(item)
+    classes = classes_from_item(item, key)
+    if probabilities is None and (pkey := probability_asset(item)) is not None:
+        href = item.assets[pkey].get_absolute_href() or item.assets[pkey].href
+        probabilities = href if "://" in href or Path(href).exists() else None
+    table = vectorize(
+        class_map_path, classes=classes, min_area_m2=min_area_m2, simplify_m=simplify_m, probabilities=probabilities
+    )
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_parquet(tmp)
+    os.replace(tmp, path)
+    vec = vector_item(
+        str(path.resolve()),
+        table,
+        id=f"{item.id}-polygons",
+        classes=classes,
+        source_items=[],
+        datetime_range=item_time_range(item),
+        collection=item.collection_id,
+        lineage=(
+            f"Polygons of the derived_from raster Item {item.id!r} (asset {key!r}): 4-connected regions of one class "
+            f"(rasterio.features.shapes), minimum mapping unit {min_area_m2} m2 (sieve), "
+            f"simplification {simplify_m or 0} m (shapely.coverage_simplify)."
+        ),
+        asset_key="polygons",
+        title="Polygons of the class map (GeoParquet)",
+    )
+    target: pystac.Item | str = item.get_self_href() or item
+    vec.add_link(pystac.Link("derived_from", target, pystac.MediaType.JSON, title=f"raster: {item.id}"))
+    vec.properties["staclearn:min_area_m2"] = float(min_area_m2)
+    if simplify_m:
+        vec.properties["staclearn:simplify_m"] = float(simplify_m)
+    return vec

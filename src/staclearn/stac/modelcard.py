@@ -471,7 +471,7 @@ def load_model(
     Reads the card (local path or http(s)/fsspec URL), rebuilds the architecture, loads the
     safetensors weights of the ``mlm:model`` asset and restores band order, normalisation and
     classes. Nothing is unpickled and no code from the card is executed. With ``engine``
-    ``"auto"`` or ``"onnx"`` the card's ONNX asset (:func:`staclearn.inference.engines.add_onnx_artifact`)
+    ``"auto"`` or ``"onnx"`` the card's ONNX asset (:func:`staclearn.stac.onnx.add_onnx_artifact`)
     is run by ONNX Runtime instead, when ``onnxruntime`` is installed (see
     :mod:`staclearn.inference.engines`); ``model.engine`` says which engine was chosen.
 

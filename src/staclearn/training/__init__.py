@@ -7,12 +7,13 @@ import lazy_loader as _lazy
 
 __getattr__, __dir__, __all__ = _lazy.attach(
     __name__,
-    submodules=['checkpoint', 'device', 'lr_finder', 'objects', 'trainer'],
+    submodules=['checkpoint', 'device', 'lr_finder', 'objects', 'segmentation', 'trainer'],
     submod_attrs={
         'checkpoint': ['TrainingState', 'save_training_state', 'load_training_state', 'capture_rng', 'restore_rng'],
         'device': ['resolve_device', 'seed_everything'],
         'lr_finder': ['LRFindResult', 'valley_lr', 'steepest_lr'],
         'objects': ['ClassifierEpoch', 'ClassifierTrainer', 'default_augmentation', 'inverse_frequency_weights'],
-        'trainer': ['BaseTrainer', 'Trainer', 'EpochRecord', 'class_weights', 'train_ensemble'],
+        'segmentation': ['Trainer', 'EpochRecord', 'class_weights', 'train_ensemble'],
+        'trainer': ['BaseTrainer'],
     },
 )

@@ -1,7 +1,7 @@
 """Object classification training: fit a classifier on footprint chips.
 
 :class:`ClassifierTrainer` shares :class:`staclearn.training.trainer.BaseTrainer`'s loop (as
-:class:`staclearn.training.trainer.Trainer` does) for one label per chip: AdamW with the one-cycle
+:class:`staclearn.training.segmentation.Trainer` does) for one label per chip: AdamW with the one-cycle
 learning-rate policy (Smith & Topin 2018, ``torch.optim.lr_scheduler.OneCycleLR``); cross-entropy
 weighted by inverse class frequency (``w_k = N / (K * n_k)``, scikit-learn's
 ``class_weight="balanced"``), since damage classes are imbalanced; kornia flips / rotation /

@@ -11,6 +11,6 @@ __getattr__, __dir__, __all__ = _lazy.attach(
     submod_attrs={
         'change': ['ChangeConfig', 'ChangeResult', 'run_change'],
         'damage': ['DamageConfig', 'DamageResult', 'run_damage', 'BASELINE_NAME'],
-        'landcover': ['LandCoverConfig', 'LandCoverResult', 'run_landcover', 'split_label_items'],
+        'landcover': ['LandCoverConfig', 'LandCoverResult', 'run_landcover'],
     },
 )

@@ -12,7 +12,7 @@
   augmentation of stacked pairs;
 * :mod:`staclearn.models.change`: the change model (FC-EF, FC-Siam-diff or the default
   PixelConvNet) and :class:`~staclearn.models.change.ChangeLoss`, trained by
-  :class:`staclearn.training.trainer.Trainer`;
+  :class:`staclearn.training.segmentation.Trainer`;
 * :mod:`staclearn.inference.change`: the change mask and probability of a whole pair;
 * :mod:`staclearn.evaluation.cva` and :mod:`staclearn.evaluation.change`: the CVA
   baseline, the decision threshold chosen on the validation cities, precision / recall;
@@ -65,12 +65,12 @@ from staclearn.inference.change import (
     threshold_change,
 )
 from staclearn.inference.raster import write_cog
-from staclearn.inference.vectorize import vectorize_item
+from staclearn.stac.items import vectorize_item
 from staclearn.models.change import ChangeLoss, build_change_model
 from staclearn.models.segmentation import FUSIONS, save_weights
 from staclearn.stac.catalog import write_catalog
 from staclearn.stac.change import change_mask_item, change_model_card
-from staclearn.training.trainer import EpochRecord, Trainer, class_weights
+from staclearn.training.segmentation import EpochRecord, Trainer, class_weights
 
 __all__ = ["ChangeConfig", "ChangeResult", "run_change"]
 
@@ -131,7 +131,7 @@ class ChangeConfig:
         epochs: training epochs.
         lr: peak learning rate of the one-cycle schedule.
         batch_size: chips per batch.
-        class_weights: ``"balanced"`` (median-frequency, :func:`staclearn.training.trainer.class_weights`),
+        class_weights: ``"balanced"`` (median-frequency, :func:`staclearn.training.segmentation.class_weights`),
             ``"sqrt"`` (its square root, milder) or ``None``; from the training chips only.
         dice: weight of the Dice term of :class:`~staclearn.models.change.ChangeLoss` (0: cross-entropy only).
         augment: kornia flips/rotation/zoom/shift, identical for both dates and the mask
@@ -148,7 +148,7 @@ class ChangeConfig:
             their pooled pixels) and kept in the model (``spec.extra["threshold"]``) and its
             card; a number: that threshold, recorded as given.
         monitor: epoch record field measured on the validation chips that picks the kept
-            epoch (:meth:`staclearn.training.trainer.Trainer.fit`): ``"valid_miou"``, ``"valid_loss"``
+            epoch (:meth:`staclearn.training.segmentation.Trainer.fit`): ``"valid_miou"``, ``"valid_loss"``
             or ``"valid_accuracy"``.
         patience: stop after this many epochs without improvement of ``monitor`` on the
             validation chips; ``None`` never stops early.

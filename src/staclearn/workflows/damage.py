@@ -71,7 +71,7 @@ from staclearn.errors import FootprintsNotFoundError
 from staclearn.evaluation.baselines import hist_gradient_boosting_baseline
 from staclearn.evaluation.metrics import ClassificationMetrics, compute_metrics, summary
 from staclearn.evaluation.reports import write_evaluation
-from staclearn.inference.engines import add_onnx_artifact
+from staclearn.stac.onnx import add_onnx_artifact
 from staclearn.inference.objects import classify_objects
 from staclearn.models.classifier import (
     ClassifierSpec,

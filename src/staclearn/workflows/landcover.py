@@ -7,7 +7,7 @@ function of its own module, so a notebook can run them one by one:
 2. :func:`staclearn.data.cube.load_cube` - the imagery cube on its GeoBox;
 3. :func:`staclearn.data.labels.load_label_raster` - labels aligned to that GeoBox;
 4. :func:`staclearn.chips.pixel.block_split` and :func:`staclearn.chips.pixel.export_chips`;
-5. :class:`staclearn.training.trainer.Trainer` - ``fit(epochs, lr)``;
+5. :class:`staclearn.training.segmentation.Trainer` - ``fit(epochs, lr)``;
 6. :func:`staclearn.inference.raster.predict_class_map` - the class-map COG;
 7. :mod:`staclearn.evaluation.metrics` - held-out blocks, with a per-pixel RandomForest baseline;
 8. :mod:`staclearn.stac.modelcard` and :mod:`staclearn.stac.items` - MLM card + class-map Item.
@@ -27,27 +27,54 @@ from typing import Any
 import numpy as np
 import pystac
 
-from staclearn.chips.pixel import ChipDataset, band_statistics, block_split, export_chips
+from staclearn._io import check_run_folder, write_json
+from staclearn.chips.pixel import (
+    ChipDataset,
+    band_statistics,
+    block_split,
+    export_chips,
+)
 from staclearn.data.cube import load_cube, read_pixels, valid_mask
-from staclearn.errors import EmptyDataError, LabelError, NodataLabelsWarning, NoItemsFoundError, RunExistsError
-from staclearn.evaluation.metrics import ClassificationMetrics, compute_metrics, summary
-from staclearn.evaluation.baselines import random_forest_baseline
-from staclearn.evaluation.reports import write_evaluation
-from staclearn.data.labels import IGNORE_INDEX, indices_to_values, load_label_raster
-from staclearn.stac.modelcard import model_card
-from staclearn.models.segmentation import build_model, save_weights
-from staclearn.inference.raster import CLASS_MAP_NODATA, predict_class_map, write_cog
-from staclearn.stac.items import chips_collection, class_map_item, geobox_geometry
-from staclearn.stac.catalog import write_catalog
+from staclearn.data.labels import (
+    IGNORE_INDEX,
+    indices_to_values,
+    load_label_raster,
+    split_label_items,
+)
 from staclearn.data.search import open_items
-from staclearn.data.splits import TEST, TRAIN, VALID, part_counts, regions_mask, split_description
-from staclearn.inference.engines import add_onnx_artifact
-from staclearn.training.trainer import EpochRecord, train_ensemble
-from staclearn.inference.vectorize import vectorize_item
-from staclearn._io import write_json
-from staclearn._io import check_run_folder
+from staclearn.data.splits import (
+    TEST,
+    TRAIN,
+    VALID,
+    part_counts,
+    regions_mask,
+    split_description,
+)
+from staclearn.errors import (
+    EmptyDataError,
+    LabelError,
+    NodataLabelsWarning,
+    NoItemsFoundError,
+)
+from staclearn.evaluation.baselines import random_forest_baseline
+from staclearn.evaluation.metrics import ClassificationMetrics, compute_metrics, summary
+from staclearn.evaluation.reports import write_evaluation
+from staclearn.stac.onnx import add_onnx_artifact
+from staclearn.inference.raster import CLASS_MAP_NODATA, predict_class_map, write_cog
+from staclearn.stac.items import vectorize_item
+from staclearn.models.segmentation import build_model, save_weights
+from staclearn.stac.catalog import write_catalog
+from staclearn.stac.items import chips_collection, class_map_item, geobox_geometry
+from staclearn.stac.modelcard import model_card
+from staclearn.training.segmentation import EpochRecord, train_ensemble
+from staclearn.workflows._resume import (
+    TRAIN_STATE_DIR,
+    can_resume,
+    complete_chips,
+    run_settings,
+)
 
-__all__ = ["LandCoverConfig", "LandCoverResult", "run_landcover", "split_label_items"]
+__all__ = ["LandCoverConfig", "LandCoverResult", "run_landcover"]
 
 
 DEFAULT_MODEL_OPTIONS: dict[str, Any] = {
@@ -122,11 +149,11 @@ class LandCoverConfig:
         padding: inference context discarded on each tile side (pixels).
         rf_estimators: trees of the RandomForest baseline (0 skips it).
         onnx: also export the network as ONNX beside the safetensors and list it in the card
-            (:func:`staclearn.inference.engines.add_onnx_artifact`; skipped with a warning when the
+            (:func:`staclearn.stac.onnx.add_onnx_artifact`; skipped with a warning when the
             ``onnx`` extra is not installed), so ``load_model(card, engine="auto")`` runs it in
             ONNX Runtime.
         vectorize: also write the class map as polygons (``polygons.parquet``) published as
-            a vector Item derived from the class-map Item (:func:`staclearn.inference.vectorize.vectorize_item`).
+            a vector Item derived from the class-map Item (:func:`staclearn.stac.items.vectorize_item`).
         min_mapping_unit_m2: regions smaller than this (m²) merge into their largest
             neighbour before polygonizing.
         simplify_m: polygon simplification tolerance in metres (``None``: exact pixel edges).
@@ -216,110 +243,6 @@ def _resolve_indices(
     return kept, roles, [i for i in indices if i not in kept]
 
 
-def split_label_items(items: Sequence[pystac.Item]) -> tuple[list[pystac.Item], list[pystac.Item]]:
-    """Separate imagery Items from label Items (label extension or ``label:`` properties).
-
-    Returns:
-        ``(imagery, labels)``.
-    """
-    labels = [
-        i
-        for i in items
-        if any("/label/" in e for e in i.stac_extensions) or any(k.startswith("label:") for k in i.properties)
-    ]
-    imagery = [i for i in items if i not in labels]
-    return imagery, labels
-
-
-#: sub-folder of the run folder holding what a resumed run needs: ``run.json`` (the settings
-#: of the run) and ``member{m}.safetensors`` (each member's training state after its last epoch)
-TRAIN_STATE_DIR = "train_state"
-
-# settings that do not change the chips or the trained model: a run may resume with others
-_RESUME_FREE = ("device", "predict_tile_size", "padding", "rf_estimators", "vectorize", "onnx", "min_mapping_unit_m2", "simplify_m")
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        import hashlib
-
-        return {"array": list(value.shape), "dtype": str(value.dtype), "sha256": hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()}
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return repr(value)
-
-
-def _run_settings(source: Any, config: LandCoverConfig, **search: Any) -> dict[str, Any]:
-    """What makes two land-cover runs the same run (JSON-ready): the source, the search and
-    every setting that shapes the chips or the model."""
-    from dataclasses import asdict
-
-    if isinstance(source, (str, os.PathLike)):
-        src: Any = os.fspath(source)
-        if Path(src).exists():
-            src = str(Path(src).resolve())
-    else:
-        src = [getattr(i, "id", repr(i)) for i in source] if isinstance(source, Sequence) else repr(source)
-    settings = {k: v for k, v in asdict(config).items() if k not in _RESUME_FREE}
-    return _json_ready({"source": src, **search, "config": settings})
-
-
-def _can_resume(out: Path, settings: dict[str, Any], *, overwrite: bool) -> bool:
-    """Whether ``out`` holds an interrupted run with these settings to continue.
-
-    Raises:
-        RunExistsError: ``out`` holds files but no land-cover run, or a run with other
-            settings (without ``overwrite``).
-    """
-    import json
-
-    if not out.is_dir() or not any(out.iterdir()):
-        return False  # nothing there yet: a fresh run
-    saved_path = out / TRAIN_STATE_DIR / "run.json"
-    if not saved_path.is_file():
-        if overwrite:
-            return False
-        raise RunExistsError(
-            f"Run folder {out} holds files but no interrupted land-cover run to resume ({saved_path} is missing): "
-            "choose another --out, or pass --overwrite (Python: overwrite=True) to replace it."
-        )
-    saved = json.loads(saved_path.read_text())
-    if saved == settings:
-        return True
-    if overwrite:
-        return False
-    config, old = settings.get("config", {}), saved.get("config", {})
-    diff = sorted({k for k in settings if k != "config" and settings.get(k) != saved.get(k)}
-                  | {k for k in set(config) | set(old) if config.get(k) != old.get(k)})  # fmt: skip
-    raise RunExistsError(
-        f"The run in {out} was started with other settings ({', '.join(diff)} differ), so it cannot be resumed "
-        "with these: pass the same settings, choose another --out, or pass --overwrite to replace it."
-    )
-
-
-def _complete_chips(chips: Path):  # -> geopandas.GeoDataFrame | None
-    """The chip index of a finished :func:`export_chips` in ``chips`` (its ``chips.parquet``
-    is written last, atomically, and every chip it lists exists), else ``None``."""
-    import geopandas as gpd
-
-    index_path = chips / "chips.parquet"
-    if not index_path.is_file():
-        return None
-    try:
-        index = gpd.read_parquet(index_path)
-    except Exception:  # noqa: BLE001 (an unreadable index is an incomplete export: written again)
-        return None
-    if not all((chips / p).is_file() for p in [*index["image"], *index["label"]]):
-        return None
-    return index
-
-
 def run_landcover(
     source: Any,
     out_dir: str | os.PathLike[str],
@@ -371,7 +294,7 @@ def run_landcover(
         RunExistsError: ``out_dir`` holds files and ``overwrite`` is False, unless ``resume``
             is True and they are an interrupted run with the same settings.
         CheckpointError: a member's training state cannot be resumed (see
-            :meth:`staclearn.training.trainer.Trainer.fit`).
+            :meth:`staclearn.training.segmentation.Trainer.fit`).
         NoItemsFoundError: no imagery Item, or no label Item.
         AssetReadError: an imagery asset is truncated, corrupt or unreachable (named).
         EmptyDataError: the imagery is nodata everywhere.
@@ -380,8 +303,8 @@ def run_landcover(
         plus the errors of each step (see the step functions).
     """
     out = Path(out_dir)
-    settings = _run_settings(source, config, bbox=bbox, datetime=datetime, collections=collections)
-    resuming = resume and _can_resume(out, settings, overwrite=overwrite)
+    settings = run_settings(source, config, bbox=bbox, datetime=datetime, collections=collections)
+    resuming = resume and can_resume(out, settings, overwrite=overwrite)
     if not resuming:
         check_run_folder(out, overwrite=overwrite)
     else:
@@ -466,7 +389,7 @@ def run_landcover(
             if (out / old).exists():
                 shutil.rmtree(out / old)
         write_json(state_dir / "run.json", settings)
-    index = _complete_chips(out / "chips") if resuming else None
+    index = complete_chips(out / "chips") if resuming else None
     reused = index is not None
     if index is None:
         if (out / "chips").exists():
