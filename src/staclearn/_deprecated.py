@@ -13,7 +13,6 @@ Removing this file (and its one line in ``staclearn/__init__.py``) ends the alia
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 import types
@@ -120,8 +119,10 @@ class _Forward(types.ModuleType):
         return value
 
 
-class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Answers ``import staclearn.<old>`` for the names in :data:`MOVED` only."""
+class _Finder:
+    """Answers ``import staclearn.<old>`` for the names in :data:`MOVED` only (a meta path
+    finder and loader by protocol; not subclassing ``importlib.abc`` keeps ``import staclearn``
+    from importing ``importlib.resources``)."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
         pkg, _, leaf = fullname.partition(".")
