@@ -22,6 +22,7 @@ import torch
 from affine import Affine
 from rasterio.features import geometry_mask
 
+from staclearn.chips.pixel import band_mean_std
 from staclearn.data.footprints import (
     STATUS_OK,
 )
@@ -147,18 +148,9 @@ def chip_band_statistics(
     ds = FootprintChipDataset(index, split, root=root)
     if len(ds) == 0:
         raise LabelError(f"No chip in split {split!r}: cannot compute band statistics.")
-    total = sq = None
-    count = 0
-    for i in range(len(ds)):
-        px = _read_chip(ds.root / ds.index["chip"].iloc[i]).astype(np.float64)
-        px = px.reshape(px.shape[0], -1)
-        total = px.sum(1) if total is None else total + px.sum(1)
-        sq = (px**2).sum(1) if sq is None else sq + (px**2).sum(1)
-        count += px.shape[1]
-    assert total is not None and sq is not None
-    mean = total / count
-    std = np.sqrt(np.maximum(sq / count - mean**2, 1e-12))
-    return mean, np.maximum(std, 1e-6)
+    stats = band_mean_std(_read_chip(ds.root / chip) for chip in ds.index["chip"])
+    assert stats is not None  # every chip holds pixels
+    return stats
 
 
 def chip_features(

@@ -15,7 +15,7 @@ own split, so no labelled pixel is seen by both sides even when chips overlap.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +25,9 @@ from odc.geo.geobox import GeoBox
 from rasterio.windows import Window
 
 from staclearn.data.cube import valid_mask
-from staclearn.errors import ConfigError, LabelError, SplitError
 from staclearn.data.labels import IGNORE_INDEX
 from staclearn.data.splits import TEST, TRAIN, VALID
+from staclearn.errors import ConfigError, LabelError, SplitError
 
 __all__ = [
     "chip_windows",
@@ -436,19 +436,41 @@ def band_statistics(index, split: str = "train", *, root: str | os.PathLike[str]
         LabelError: the split has no chip or no valid pixel.
     """
     ds = ChipDataset(index, split, root=root)
-    total = None
+
+    def valid_pixels():
+        for i in range(len(ds)):
+            img, nodata = _read_tif(ds.root / ds.index.iloc[i]["image"])
+            yield img[:, valid_mask(img, nodata)]
+
+    stats = band_mean_std(valid_pixels())
+    if stats is None:
+        raise LabelError(f"No valid pixel in the {split!r} chips: cannot compute band statistics.")
+    return stats
+
+
+def band_mean_std(pixels: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-band mean and standard deviation over a stream of pixel blocks, in one pass.
+
+    The normalisation statistics of pixel chips (:func:`band_statistics`) and object chips
+    (:func:`staclearn.chips.object_dataset.chip_band_statistics`) both come from here.
+
+    Args:
+        pixels: blocks of shape ``(C, N)`` (or ``(C, H, W)``), any numeric dtype; summed in
+            float64. Nodata must already be left out.
+
+    Returns:
+        ``(mean, std)``, each ``(C,) float64`` (population std, at least 1e-6), or ``None``
+        when the blocks hold no pixel.
+    """
+    total = sq = None
     count = 0
-    sq = None
-    for i in range(len(ds)):
-        row = ds.index.iloc[i]
-        img, nodata = _read_tif(ds.root / row["image"])
-        ok = valid_mask(img, nodata)
-        px = img[:, ok].astype(np.float64)
+    for block in pixels:
+        px = np.asarray(block, dtype=np.float64).reshape(len(block), -1)
         total = px.sum(1) if total is None else total + px.sum(1)
         sq = (px**2).sum(1) if sq is None else sq + (px**2).sum(1)
         count += px.shape[1]
-    if total is None or count == 0:
-        raise LabelError(f"No valid pixel in the {split!r} chips: cannot compute band statistics.")
+    if total is None or sq is None or count == 0:
+        return None
     mean = total / count
     std = np.sqrt(np.maximum(sq / count - mean**2, 1e-12))
     return mean, np.maximum(std, 1e-6)
