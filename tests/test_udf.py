@@ -234,6 +234,7 @@ def test_model_cache_is_keyed_by_the_weights_content(tmp_path):
     stat = weights_a.stat()
     save_weights(retrained, weights_a)
     os.utime(weights_a, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a new stamp even on a coarse clock
+    _card(retrained, weights_a, tmp_path / "a" / "card.json", "a")  # republished: the card records the new checksum
     second = udf_module._cached_model(str(card_a))
     assert second is not first and cache.cache_info().misses == 2
     for name, t in retrained.state_dict().items():

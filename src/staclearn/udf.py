@@ -103,17 +103,12 @@ _BAND_DIMS = ("bands", "band")
 def _cached_model(href: str) -> Any:
     """The model of the MLM card at ``href``, from the process's model cache (keyed by the
     SHA-256 of the card's safetensors weights and the card's spec)."""
-    from staclearn.stac.modelcard import load_model, read_card, spec_from_card
+    from staclearn.stac.modelcard import load_model, read_card, spec_from_card, weights_asset
 
     item = read_card(href)
-    weights = [
-        a for a in item.assets.values()
-        if "mlm:model" in (a.roles or []) and a.extra_fields.get("mlm:artifact_type") != "torch.onnx.export"
-    ]
-    if not weights:
-        return load_model(item)  # raises the card's ModelCardError
+    _, weights = weights_asset(item)  # ModelCardError names the card
     try:
-        digest = _cache.file_digest(weights[0].get_absolute_href() or weights[0].href)
+        digest = _cache.file_digest(weights.get_absolute_href() or weights.href)
     except WeightsNotFoundError:
         return load_model(item)  # raises the error that names the card and its asset
     spec_json = json.dumps(spec_from_card(item).to_dict(), sort_keys=True)

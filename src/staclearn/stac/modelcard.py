@@ -463,6 +463,22 @@ def check_weights(card: pystac.Item, asset_key: str = WEIGHTS_ASSET) -> bool:
     return True
 
 
+
+def weights_asset(card: pystac.Item) -> tuple[str, pystac.Asset]:
+    """The card's safetensors weights: the first asset with role ``mlm:model`` that is not the
+    ONNX artifact (``mlm:artifact_type`` ``torch.onnx.export``).
+
+    Returns:
+        ``(asset key, asset)``.
+
+    Raises:
+        ModelCardError: the card has no such asset.
+    """
+    for key, asset in card.assets.items():
+        if "mlm:model" in (asset.roles or []) and asset.extra_fields.get("mlm:artifact_type") != "torch.onnx.export":
+            return key, asset
+    raise ModelCardError(f"Model card {card.id!r} has no asset with role 'mlm:model' (the weights).")
+
 def load_model(
     card: str | os.PathLike[str] | pystac.Item, *, engine: str = "torch", device: str = "cpu"
 ) -> SegmentationModel | SiameseDiffUnet | ObjectClassifier:
@@ -500,14 +516,11 @@ def load_model(
     spec = spec_from_card(item)
     if resolve_engine(engine, item) == "onnx":
         return load_onnx_model(item, spec, device=device)  # type: ignore[return-value]
-    assets = [a for a in item.assets.values() if "mlm:model" in (a.roles or []) and a.extra_fields.get("mlm:artifact_type") != "torch.onnx.export"]
-    if not assets:
-        raise ModelCardError(f"Model card {item.id!r} has no asset with role 'mlm:model' (the weights).")
+    key, weights = weights_asset(item)
     model: SegmentationModel | SiameseDiffUnet | ObjectClassifier = (
         ObjectClassifier(spec) if isinstance(spec, ClassifierSpec) else model_from_spec(spec)
     )
-    href = assets[0].get_absolute_href() or assets[0].href
-    key = next(k for k, a in item.assets.items() if a is assets[0])
+    href = weights.get_absolute_href() or weights.href
     try:
         check_weights(item, key)
         load_weights(model, href)
