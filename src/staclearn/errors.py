@@ -33,6 +33,7 @@ __all__ = [
     "DuplicateIdError",
     # arguments and runs
     "ConfigError",
+    "ArgumentTypeError",
     "SplitError",
     "DateOrderError",
     "RunExistsError",
@@ -242,6 +243,11 @@ class ConfigError(StaclearnError, ValueError):
     Raised before any work starts (bbox, datetime, engine, resolution, tile sizes...). Fix the
     argument named in the message.
     """
+
+
+class ArgumentTypeError(ConfigError, TypeError):
+    """An argument is of the wrong type (e.g. ``validate()`` given something that is neither a
+    pystac object nor a dict). Pass the type the message names."""
 
 
 class PublishError(StaclearnError, OSError):

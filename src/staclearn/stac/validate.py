@@ -34,7 +34,7 @@ from pystac.validation.schema_uri_map import SchemaUriMap
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 from referencing.exceptions import Unresolvable
 
-from staclearn.errors import CatalogNotFoundError, ConfigError, StacValidationError
+from staclearn.errors import ArgumentTypeError, CatalogNotFoundError, ConfigError, StacValidationError
 
 __all__ = ["SCHEMA_DIR_ENV", "ValidationReport", "OfflineSTACValidator", "validate", "validate_catalog"]
 
@@ -361,7 +361,7 @@ def _as_dict(obj: pystac.STACObject | dict[str, Any]) -> dict[str, Any]:
         return obj
     if isinstance(obj, pystac.STACObject):
         return obj.to_dict(include_self_link=False, transform_hrefs=False)
-    raise TypeError(f"validate() takes a pystac STAC object or a dict, not {type(obj).__name__}.")
+    raise ArgumentTypeError(f"validate() takes a pystac STAC object or a dict, not {type(obj).__name__}.")
 
 
 def validate(
@@ -396,7 +396,7 @@ def validate(
             Item, Collection or Catalog.
         ConfigError: If ``schema_dir`` (or ``STACLEARN_SCHEMA_DIR``) is not a folder, or a
             schema file in it is not JSON or has no ``$id``.
-        TypeError: If ``obj`` is neither a pystac STAC object nor a dict.
+        ArgumentTypeError: (a TypeError) ``obj`` is neither a pystac STAC object nor a dict.
     """
     return _validate_dict(_as_dict(obj), _validator_for(schema_dir))
 
