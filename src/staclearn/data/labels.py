@@ -362,16 +362,16 @@ def rasterize_labels(
     )
 
 
+def is_label_item(item: pystac.Item) -> bool:
+    """Whether ``item`` holds labels (it declares the STAC label extension or has ``label:``
+    properties) rather than imagery."""
+    return any("/label/" in e for e in item.stac_extensions) or any(k.startswith("label:") for k in item.properties)
+
+
 def split_label_items(items: Sequence[pystac.Item]) -> tuple[list[pystac.Item], list[pystac.Item]]:
-    """Separate imagery Items from label Items (label extension or ``label:`` properties).
+    """Separate imagery Items from label Items (:func:`is_label_item`), keeping their order.
 
     Returns:
         ``(imagery, labels)``.
     """
-    labels = [
-        i
-        for i in items
-        if any("/label/" in e for e in i.stac_extensions) or any(k.startswith("label:") for k in i.properties)
-    ]
-    imagery = [i for i in items if i not in labels]
-    return imagery, labels
+    return [i for i in items if not is_label_item(i)], [i for i in items if is_label_item(i)]

@@ -32,6 +32,7 @@ from staclearn.data.labels import (
     IGNORE_INDEX,
     ClassInfo,
     classes_from_item,
+    is_label_item,
     load_label_raster,
     values_to_indices,
 )
@@ -484,10 +485,6 @@ class PairItems:
     labels: pystac.Item
 
 
-def _is_label_item(item: pystac.Item) -> bool:
-    return any("/label/" in e for e in item.stac_extensions) or any(k.startswith("label:") for k in item.properties)
-
-
 def group_pairs(items: Iterable[pystac.Item], city_property: str) -> dict[str, PairItems]:
     """Group Items into one pair per city: the Items of its first and last date, and its label Item.
 
@@ -516,8 +513,8 @@ def group_pairs(items: Iterable[pystac.Item], city_property: str) -> dict[str, P
         raise NoItemsFoundError(f"No Item has the property {city_property!r}; set ChangeConfig.city_property.")
     pairs = {}
     for city, group in sorted(by_city.items()):
-        labels = [i for i in group if _is_label_item(i)]
-        imagery = [i for i in group if not _is_label_item(i)]
+        labels = [i for i in group if is_label_item(i)]
+        imagery = [i for i in group if not is_label_item(i)]
         if len(labels) != 1:
             raise NoItemsFoundError(
                 f"City {city!r} has {len(labels)} label Items ({_ids(labels)}); it needs exactly one."
