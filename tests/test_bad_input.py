@@ -286,3 +286,17 @@ def test_resume_and_overwrite_reach_the_run(monkeypatch, tmp_path, argv, module,
     result = CliRunner().invoke(app, [*argv, "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
     assert seen[flag] is True and all(v is False for k, v in seen.items() if k in {"resume", "overwrite"} - {flag})
+
+
+def test_a_catalog_given_as_the_model_card_is_named(tmp_path):
+    """``--model runs/nc/catalog.json`` (the run's catalog, not its card) is a ModelCardError
+    naming the file and where the card is, not pystac's STACTypeError traceback."""
+    import pystac
+
+    from staclearn.errors import ModelCardError
+    from staclearn.stac.modelcard import read_card
+
+    catalog = pystac.Catalog("nc", "a run's catalog")
+    catalog.normalize_and_save(str(tmp_path / "run"), catalog_type=pystac.CatalogType.SELF_CONTAINED)
+    with pytest.raises(ModelCardError, match=r"catalog\.json' is not a STAC Item .*nc-model\.json"):
+        read_card(tmp_path / "run" / "catalog.json")

@@ -418,10 +418,11 @@ def read_card(href: str | os.PathLike[str]) -> pystac.Item:
         return pystac.Item.from_file(href, stac_io=FsspecStacIO())
     except StacApiError:  # the server kept failing after the retries: its status says more
         raise
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, pystac.errors.STACTypeError) as err:
+        what = "is not a STAC Item (a catalog or collection?)" if isinstance(err, pystac.errors.STACTypeError) else f"cannot be read ({err})"
         raise ModelCardError(
-            f"Model card {href!r} cannot be read ({err}); pass the path or URL of the MLM card "
-            "Item JSON (e.g. runs/nc/<run>/<run>-model/<run>-model.json)."
+            f"Model card {href!r} {what}; pass the path or URL of the MLM card "
+            "Item JSON (e.g. runs/nc/nc/nc-model/nc-model.json)."
         ) from err
 
 
