@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from fixtures_nc_run import nc_run  # noqa: F401  (fixture)
 from staclearn.errors import AssetReadError, EmptyDataError, LabelError
 
 IMAGE_ITEM = "nc-landsat7/nc-landsat7-2000/nc-landsat7-2000.json"
@@ -300,3 +301,21 @@ def test_a_catalog_given_as_the_model_card_is_named(tmp_path):
     catalog.normalize_and_save(str(tmp_path / "run"), catalog_type=pystac.CatalogType.SELF_CONTAINED)
     with pytest.raises(ModelCardError, match=r"catalog\.json' is not a STAC Item .*nc-model\.json"):
         read_card(tmp_path / "run" / "catalog.json")
+
+
+def test_predict_on_a_truncated_cog_is_one_line(tmp_path, nc_catalog, shared_dir, nc_run):
+    """``staclearn predict`` streams tiles from the cube: a truncated COG met mid-stream is the
+    same one-line AssetReadError (exit 2) as in a training run, not rasterio's
+    ``WarpOperationError: Chunk and warp failed`` traceback."""
+    data = _image_path(shared_dir).read_bytes()
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(data[: len(data) // 3])
+    catalog = _nc_copy(tmp_path, nc_catalog, str(bad))
+    proc = subprocess.run(
+        [sys.executable, "-m", "staclearn.cli", "predict", "--model", str(nc_run.card), "--catalog", str(catalog),
+         "--out", str(tmp_path / "out"), "--engine", "torch"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip() and "Warning" not in ln and "warnings.warn" not in ln]
+    assert len(lines) == 1 and "AssetReadError" in lines[0] and "nc-landsat7-2000" in lines[0] and "truncated.tif" in lines[0], proc.stderr

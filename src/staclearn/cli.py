@@ -409,6 +409,7 @@ def change_predict(
     p(change) >= the card's threshold (chosen on validation cities), or --threshold."""
 
     from staclearn.stac.change import change_mask_item
+    from staclearn.data.cube import naming_unreadable_assets
     from staclearn.data.pairs import load_pair
     from staclearn.inference.change import predict_change
     from staclearn.errors import ConfigError
@@ -429,10 +430,11 @@ def change_predict(
             found[name], _ = split_label_items(items)
         b, a, _ = load_pair(found["before"], found["after"], bands=date_bands)
         prob_path = out / "change_probability.tif" if probability else None
-        pred = predict_change(
-            net, b, a, tile_size=tile_size, padding=padding, batch_size=batch_size, device=device,
-            out_path=out / "change_mask.tif", prob_path=prob_path, threshold=threshold,
-        )
+        with naming_unreadable_assets([*found["before"], *found["after"]]):
+            pred = predict_change(
+                net, b, a, tile_size=tile_size, padding=padding, batch_size=batch_size, device=device,
+                out_path=out / "change_mask.tif", prob_path=prob_path, threshold=threshold,
+            )
         card_threshold = net.spec.extra.get("threshold")
         if threshold is not None:
             how = "given with --threshold" + (f" (the card's is {card_threshold:.4f})" if card_threshold is not None else "")
@@ -481,7 +483,7 @@ def predict(
     import pystac
     import rioxarray
 
-    from staclearn.data.cube import load_cube
+    from staclearn.data.cube import load_cube, naming_unreadable_assets
     from staclearn.data.labels import split_label_items
     from staclearn.stac.modelcard import load_model, read_card
     from staclearn.inference.raster import predict_to_cog
@@ -497,11 +499,12 @@ def predict(
         typer.echo(f"engine: {net.engine}" + (f" ({net.provider})" if net.engine == "onnx" else ""))
         imagery, _ = split_label_items(open_items(catalog, bbox=_bbox(bbox), datetime=datetime, modifier=_modifier(modifier)))
         cube = load_cube(imagery, bands=net.spec.bands, bbox=_bbox(bbox))
-        done = predict_to_cog(
-            net, cube, out / "class_map.tif", probabilities_path=out / "probabilities.tif" if probabilities else None,
-            tile_size="auto" if tile_size == "auto" else int(tile_size), padding=padding, batch_size=batch_size,
-            device=device, blend=blend, test_time_augmentation=tta, memory_budget_mb=memory_budget_mb,  # type: ignore[arg-type]
-        )
+        with naming_unreadable_assets(imagery):  # a broken asset: one line naming it
+            done = predict_to_cog(
+                net, cube, out / "class_map.tif", probabilities_path=out / "probabilities.tif" if probabilities else None,
+                tile_size="auto" if tile_size == "auto" else int(tile_size), padding=padding, batch_size=batch_size,
+                device=device, blend=blend, test_time_augmentation=tta, memory_budget_mb=memory_budget_mb,  # type: ignore[arg-type]
+            )
         cmap = rioxarray.open_rasterio(done.class_map, chunks=True).squeeze("band", drop=True)
         cmap = cmap.odc.assign_crs(cmap.rio.crs.to_wkt())
         item = class_map_item(

@@ -9,7 +9,8 @@ with ``engine="stackstac"``. Either way the result has stackstac's fixed dims
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -18,9 +19,16 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from staclearn.data.search import _check_bbox, bbox_intersects
-from staclearn.errors import AssetNotFoundError, AssetReadError, ConfigError, NoItemsFoundError, NoOverlapError
+from staclearn.errors import (
+    AssetNotFoundError,
+    AssetReadError,
+    ConfigError,
+    NoItemsFoundError,
+    NoOverlapError,
+    StaclearnError,
+)
 
-__all__ = ["load_cube", "band_names", "valid_mask", "read_pixels", "find_unreadable_asset"]
+__all__ = ["load_cube", "band_names", "valid_mask", "read_pixels", "find_unreadable_asset", "naming_unreadable_assets"]
 
 DIMS = ("time", "band", "y", "x")
 
@@ -460,9 +468,30 @@ def read_pixels(cube: xr.DataArray, items: Iterable[pystac.Item]) -> np.ndarray:
         AssetReadError: an asset is truncated, corrupt, missing (HTTP 404), forbidden (403)
             or unreachable; the message names the Item, asset key and href.
     """
-    from rasterio.errors import RasterioError
+    with naming_unreadable_assets(items):
+        return np.asarray(cube.values)
 
+
+@contextlib.contextmanager
+def naming_unreadable_assets(items: Iterable[pystac.Item]) -> Iterator[None]:
+    """Inside the block, a failed read of the Items' pixels becomes one named error.
+
+    Wrap any computation of a lazy cube (``.values``, :func:`staclearn.inference.raster.predict_to_cog`
+    streaming tiles from it, ``predict_change``): a rasterio or OS error (truncated or corrupt
+    COG, HTTP 404 / 403, unreachable host) is re-raised as an
+    :class:`~staclearn.errors.AssetReadError` naming the Item, asset key and href
+    (:func:`find_unreadable_asset` opens each asset to find it); odc-stac's per-chunk error log
+    is silenced meanwhile, so the error is said once.
+
+    Args:
+        items: the Items the cube was loaded from.
+
+    Raises:
+        AssetReadError: a read failed; names the broken asset when it can be found, else the Items.
+    """
     import logging
+
+    from rasterio.errors import RasterioError
 
     items = list(items)
     odc_log = logging.getLogger("odc.loader._rio")  # logs each failed chunk; the error below says it once
@@ -470,7 +499,9 @@ def read_pixels(cube: xr.DataArray, items: Iterable[pystac.Item]) -> np.ndarray:
     quiet.filter = lambda record: record.levelno < logging.ERROR  # type: ignore[method-assign]
     odc_log.addFilter(quiet)
     try:
-        return np.asarray(cube.values)
+        yield
+    except StaclearnError:
+        raise
     except (RasterioError, OSError) as err:
         named = find_unreadable_asset(items)
         if named is not None:
